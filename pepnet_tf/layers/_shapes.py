@@ -8,6 +8,8 @@ def flatten_embeddings(tensor: tf.Tensor, argument: str) -> tf.Tensor:
 
   Raises ValueError naming `argument` for any other rank or an unknown width.
   """
+  # Keras converts only a layer's first call argument, so later ones may be numpy.
+  tensor = tf.convert_to_tensor(tensor)
   shape = tensor.shape
   if shape.rank == 2:
     if shape[-1] is None:

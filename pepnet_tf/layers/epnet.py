@@ -96,10 +96,11 @@ class EPNet(tf.keras.layers.Layer):
             f"`(batch_size, num_fields, embedding_dim)`. Received: shape={general_shape}")
       gate_units = general_shape[1]
     else:
-      if general_shape.rank not in (2, 3):
+      if general_shape.rank not in (2, 3) or any(dim is None for dim in general_shape[1:]):
         raise ValueError(
             "`general_embeddings` must be 2-D `(batch_size, width)` or 3-D "
-            f"`(batch_size, num_fields, embedding_dim)`. Received: shape={general_shape}")
+            "`(batch_size, num_fields, embedding_dim)` with known sizes. "
+            f"Received: shape={general_shape}")
       gate_units = _shapes.flat_width(general_shape)
     self.gate = GateNU(
         units=gate_units,
