@@ -1,0 +1,1 @@
+"""Dataset preparation: download public data and write TFRecords with a feature config."""
