@@ -1,0 +1,397 @@
+"""Training, evaluation and export of PEPNet, callable from tests and trainers.
+
+`train(TrainConfig(...))` prepares the data if needed, trains with `model.fit` and
+early stopping on the mean validation AUC over tasks, checkpoints every epoch
+(rerunning with the same `model_dir` resumes), restores the best epoch, evaluates on
+the test split, writes `eval/test_metrics.json` and exports a SavedModel.
+"""
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from pepnet_tf import export as export_lib
+from pepnet_tf import features as features_lib
+from pepnet_tf import input as input_lib
+from pepnet_tf import metrics as metrics_lib
+from pepnet_tf import optimizers as optimizers_lib
+from pepnet_tf.model import PEPNet
+
+DATASETS = ("movielens_100k",)
+EMBEDDING_OPTIMIZER_CHOICES = ("per_domain", "shared", "adam")
+_STATE_FILE = "training_state.json"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """Everything a training run needs; written to `model_dir/config.json`.
+
+  Attributes:
+    model_dir: directory of checkpoints, logs, metrics and exports.
+    dataset: a built-in dataset name, used when `feature_config` is None.
+    data_dir: where built-in datasets are prepared; None uses the default cache.
+    feature_config: path of a feature config JSON for any other dataset.
+    train_files, valid_files, test_files: data files or glob patterns.
+    batch_size: global batch size.
+    epochs: maximum number of epochs.
+    patience: epochs without a better mean validation AUC before stopping.
+    hidden_units: widths of every task tower.
+    epnet_mode, gate_hidden_units, gamma, dropout, use_epnet, use_ppnet,
+      ppnet_gate_input: model options, see `pepnet_tf.model.PEPNet`.
+    dense_learning_rate: Adam learning rate of the dense weights.
+    embedding_optimizer: "per_domain" (one Adagrad per domain), "shared" (one
+      Adagrad) or "adam" (tables learn with the dense Adam, a baseline).
+    embedding_learning_rate: Adagrad learning rate of the tables.
+    seed: seed of weight initialization and data order.
+    shuffle_buffer: records in the shuffle buffer.
+    export: whether to export a SavedModel at the end.
+    keep_exports: number of export versions kept under `model_dir/export`.
+    verbose: Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.
+  """
+
+  model_dir: str
+  dataset: str = "movielens_100k"
+  data_dir: Optional[str] = None
+  feature_config: Optional[str] = None
+  train_files: List[str] = dataclasses.field(default_factory=list)
+  valid_files: List[str] = dataclasses.field(default_factory=list)
+  test_files: List[str] = dataclasses.field(default_factory=list)
+  batch_size: int = 1024
+  epochs: int = 30
+  patience: int = 3
+  hidden_units: List[int] = dataclasses.field(default_factory=lambda: [128, 64])
+  epnet_mode: str = "element"
+  gate_hidden_units: Optional[int] = None
+  gamma: float = 2.0
+  dropout: float = 0.0
+  use_epnet: bool = True
+  use_ppnet: bool = True
+  ppnet_gate_input: str = "prior"
+  dense_learning_rate: float = 1e-3
+  embedding_optimizer: str = "per_domain"
+  embedding_learning_rate: float = 0.05
+  seed: int = 2023
+  shuffle_buffer: int = 100_000
+  export: bool = True
+  keep_exports: int = 5
+  verbose: int = 2
+
+  def validate(self) -> None:
+    if self.embedding_optimizer not in EMBEDDING_OPTIMIZER_CHOICES:
+      raise ValueError(
+          f"embedding_optimizer must be one of {EMBEDDING_OPTIMIZER_CHOICES}. "
+          f"Received: {self.embedding_optimizer!r}")
+    if self.feature_config is None and self.dataset not in DATASETS:
+      raise ValueError(
+          f"Unknown dataset {self.dataset!r}. Built-in datasets: {list(DATASETS)}; for "
+          "another dataset pass feature_config, train_files, valid_files and test_files.")
+    if self.feature_config is not None and not (self.train_files and self.valid_files):
+      raise ValueError("With feature_config, train_files and valid_files are required.")
+    for name in ("batch_size", "epochs", "patience"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1. Received: {getattr(self, name)!r}")
+
+
+@dataclasses.dataclass
+class DataPaths:
+  feature_config: str
+  train: List[str]
+  valid: List[str]
+  test: List[str]
+
+
+def resolve_data(config: TrainConfig) -> DataPaths:
+  """Locate the data of `config`, preparing a built-in dataset if it is absent."""
+  if config.feature_config is not None:
+    return DataPaths(config.feature_config, list(config.train_files),
+                     list(config.valid_files), list(config.test_files))
+  from data import movielens  # pylint: disable=g-import-not-at-top
+
+  data_dir = config.data_dir or os.path.join(movielens.default_data_dir(), "movielens_100k")
+  movielens.prepare(data_dir)
+  return DataPaths(
+      os.path.join(data_dir, "feature_config.json"),
+      [os.path.join(data_dir, "train.tfrecord")],
+      [os.path.join(data_dir, "valid.tfrecord")],
+      [os.path.join(data_dir, "test.tfrecord")])
+
+
+def build_model(config: TrainConfig, feature_config: features_lib.FeatureConfig) -> PEPNet:
+  """A compiled PEPNet with the optimizers that `config` names."""
+  embedding_optimizer = None
+  if config.embedding_optimizer != "adam":
+    embedding_optimizer = optimizers_lib.DomainAdagrad(
+        feature_config.num_domains,
+        learning_rate=config.embedding_learning_rate,
+        shared=config.embedding_optimizer == "shared")
+  model = PEPNet(
+      feature_config,
+      hidden_units=config.hidden_units,
+      epnet_mode=config.epnet_mode,
+      gate_hidden_units=config.gate_hidden_units,
+      gamma=config.gamma,
+      dropout=config.dropout,
+      use_epnet=config.use_epnet,
+      use_ppnet=config.use_ppnet,
+      ppnet_gate_input=config.ppnet_gate_input,
+      embedding_optimizer=embedding_optimizer)
+  model.compile(optimizer=tf.keras.optimizers.Adam(config.dense_learning_rate))
+  return model
+
+
+def make_checkpoint(model: PEPNet) -> tf.train.Checkpoint:
+  """A checkpoint of the weights and every optimizer state of `model`."""
+  return tf.train.Checkpoint(
+      model=model, optimizer=model.optimizer, embedding_optimizer=model.embedding_optimizer
+      if model.embedding_optimizer is not None else tf.Module())
+
+
+class EpochCheckpoint(tf.keras.callbacks.Callback):
+  """Checkpoints every epoch and stops early on a monitored validation metric.
+
+  Keras' EarlyStopping forgets its counters when a run restarts, so this callback
+  keeps them in a JSON file beside the checkpoints: a resumed run stops at the same
+  epoch as an uninterrupted one.
+  """
+
+  def __init__(self, checkpoint: tf.train.Checkpoint, model_dir: str, patience: int,
+               monitor: str = "val_auc_mean"):
+    super().__init__()
+    self.monitor = monitor
+    self.patience = patience
+    self.manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(model_dir, "checkpoints"), max_to_keep=2)
+    self.best_manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(model_dir, "best"), max_to_keep=1)
+    self.state_path = os.path.join(model_dir, "checkpoints", _STATE_FILE)
+    self.state = {"epoch": 0, "best": None, "best_epoch": None, "wait": 0, "stopped": False}
+
+  def load_state(self) -> Dict[str, Any]:
+    if tf.io.gfile.exists(self.state_path):
+      with tf.io.gfile.GFile(self.state_path) as handle:
+        self.state = json.load(handle)
+    return self.state
+
+  def on_epoch_end(self, epoch, logs=None):
+    logs = logs or {}
+    if self.monitor not in logs:
+      raise ValueError(
+          f"EpochCheckpoint monitors {self.monitor!r}, which is not among the logged "
+          f"metrics: {sorted(logs)}. Pass validation data to fit.")
+    value = float(logs[self.monitor])
+    state = self.state
+    state["epoch"] = epoch + 1
+    if state["best"] is None or value > state["best"]:
+      state.update(best=value, best_epoch=epoch + 1, wait=0)
+      self.best_manager.save(checkpoint_number=epoch + 1)
+    else:
+      state["wait"] += 1
+      if state["wait"] >= self.patience:
+        state["stopped"] = True
+        self.model.stop_training = True
+    self.manager.save(checkpoint_number=epoch + 1)
+    with tf.io.gfile.GFile(self.state_path, "w") as handle:
+      json.dump(state, handle)
+
+
+def train(config: TrainConfig) -> Dict[str, Any]:
+  """Train, evaluate and export; return the test metrics and output paths."""
+  config.validate()
+  tf.io.gfile.makedirs(config.model_dir)
+  paths = resolve_data(config)
+  feature_config = features_lib.load(paths.feature_config)
+  for files in (paths.train, paths.valid) + ((paths.test,) if paths.test else ()):
+    input_lib.validate_files(feature_config, files)
+  _write_json(os.path.join(config.model_dir, "config.json"),
+              {"train": dataclasses.asdict(config), "data": dataclasses.asdict(paths)})
+  feature_config.save(os.path.join(config.model_dir, "feature_config.json"))
+
+  tf.keras.utils.set_random_seed(config.seed)
+  model = build_model(config, feature_config)
+  valid_dataset = input_lib.make_dataset(
+      feature_config, paths.valid, config.batch_size, training=False)
+  model(_example_batch(feature_config))  # create every weight before a restore
+  for component, count in model.parameter_counts().items():
+    logging.info("Parameters of %s: %s", component, f"{count:,}")
+
+  checkpoint = make_checkpoint(model)
+  saver = EpochCheckpoint(checkpoint, config.model_dir, config.patience)
+  state = saver.load_state()
+  if saver.manager.latest_checkpoint:
+    checkpoint.restore(saver.manager.latest_checkpoint)
+    logging.info("Resumed from %s after epoch %d", saver.manager.latest_checkpoint,
+                 state["epoch"])
+
+  initial_epoch = state["epoch"]
+  if not state["stopped"] and initial_epoch < config.epochs:
+    num_records = input_lib.count_records(feature_config, paths.train)
+    steps = input_lib.steps_per_epoch(num_records, config.batch_size)
+    train_dataset = input_lib.make_dataset(
+        feature_config, paths.train, config.batch_size, training=True, seed=config.seed,
+        initial_epoch=initial_epoch, epochs=config.epochs,
+        shuffle_buffer=config.shuffle_buffer)
+    callbacks = [saver, tf.keras.callbacks.TensorBoard(
+        os.path.join(config.model_dir, "logs"), profile_batch=0)]
+    model.fit(train_dataset, epochs=config.epochs, initial_epoch=initial_epoch,
+              steps_per_epoch=steps, validation_data=valid_dataset,
+              callbacks=callbacks, verbose=config.verbose)
+
+  if saver.best_manager.latest_checkpoint:
+    checkpoint.restore(saver.best_manager.latest_checkpoint).expect_partial()
+    logging.info("Restored the best epoch %s (val_auc_mean %.4f)",
+                 saver.state["best_epoch"], saver.state["best"])
+
+  result = {"model_dir": config.model_dir, "best_epoch": saver.state["best_epoch"],
+            "parameter_counts": model.parameter_counts()}
+  if paths.test:
+    test_dataset = input_lib.make_dataset(
+        feature_config, paths.test, config.batch_size, training=False)
+    test_metrics = evaluate_dataset(model_scorer(model), feature_config, test_dataset)
+    metrics_path = os.path.join(config.model_dir, "eval", "test_metrics.json")
+    tf.io.gfile.makedirs(os.path.dirname(metrics_path))
+    _write_json(metrics_path, test_metrics)
+    print(format_metrics_table(test_metrics, feature_config))
+    result.update(test_metrics=test_metrics, metrics_path=metrics_path)
+  if config.export:
+    result["export_path"] = export_lib.export_versioned(
+        model, feature_config, os.path.join(config.model_dir, "export"),
+        keep=config.keep_exports)
+    logging.info("Exported the SavedModel to %s", result["export_path"])
+  return result
+
+
+def load_trained_model(model_dir: str, checkpoint: str = "best"):
+  """Rebuild the model of a training run and restore a checkpoint of it.
+
+  Args:
+    model_dir: the run's directory, with `config.json` and `feature_config.json`.
+    checkpoint: "best", "latest", or the path of a checkpoint.
+
+  Returns:
+    `(model, feature_config, data_paths)`.
+  """
+  config_path = os.path.join(model_dir, "config.json")
+  if not tf.io.gfile.exists(config_path):
+    raise FileNotFoundError(
+        f"{config_path} not found: {model_dir!r} is not the model_dir of a training run.")
+  with tf.io.gfile.GFile(config_path) as handle:
+    saved = json.load(handle)
+  config = TrainConfig(**saved["train"])
+  paths = DataPaths(**saved["data"])
+  feature_config = features_lib.load(os.path.join(model_dir, "feature_config.json"))
+  model = build_model(config, feature_config)
+  model(_example_batch(feature_config))
+
+  if checkpoint in ("best", "latest"):
+    directory = os.path.join(model_dir, "best" if checkpoint == "best" else "checkpoints")
+    path = tf.train.latest_checkpoint(directory)
+    if path is None:
+      raise FileNotFoundError(f"No checkpoint found in {directory}.")
+  else:
+    path = checkpoint
+  make_checkpoint(model).restore(path).expect_partial()
+  logging.info("Restored %s", path)
+  return model, feature_config, paths
+
+
+def _example_batch(feature_config: features_lib.FeatureConfig) -> Dict[str, tf.Tensor]:
+  """One row of placeholder values that creates every weight of the model."""
+  batch = {}
+  for spec in feature_config.input_features:
+    if spec.name == feature_config.domain.feature:
+      value = feature_config.domain.values[0]
+    else:
+      value = {"int64": 0, "float32": 0.0, "string": ""}[spec.dtype]
+    dtype = {"int64": tf.int64, "float32": tf.float32, "string": tf.string}[spec.dtype]
+    batch[spec.name] = tf.constant([value], dtype=dtype)
+  return batch
+
+
+Scorer = Callable[[Mapping[str, tf.Tensor]], Mapping[str, tf.Tensor]]
+
+
+def model_scorer(model: PEPNet) -> Scorer:
+  """A function from a batch of raw features to probabilities per task."""
+  return tf.function(lambda features: model(features, training=False))
+
+
+def savedmodel_scorer(export_dir: str) -> Scorer:
+  """Score batches through the `serving_default` signature of a SavedModel."""
+  signature = tf.saved_model.load(export_dir).signatures["serving_default"]
+  input_names = set(signature.structured_input_signature[1])
+  return lambda features: signature(
+      **{name: value for name, value in features.items() if name in input_names})
+
+
+def evaluate_dataset(scorer: Scorer, feature_config: features_lib.FeatureConfig,
+                     dataset: tf.data.Dataset) -> Dict[str, float]:
+  """Exact AUC, GAUC and log loss of `scorer` over one pass of `dataset`."""
+  task_names = feature_config.task_names
+  labels = {name: [] for name in task_names}
+  scores = {name: [] for name in task_names}
+  domain_values, user_ids = [], []
+  for features, batch_labels in dataset:
+    outputs = scorer(features)
+    for name in task_names:
+      labels[name].append(batch_labels[name].numpy())
+      scores[name].append(np.asarray(outputs[name]))
+    domain_values.append(features[feature_config.domain.feature].numpy())
+    if feature_config.user_id_feature is not None:
+      user_ids.append(features[feature_config.user_id_feature].numpy())
+
+  domain_index = _domain_indices(np.concatenate(domain_values), feature_config)
+  return metrics_lib.ranking_metrics(
+      task_names,
+      {name: np.concatenate(values) for name, values in labels.items()},
+      {name: np.concatenate(values) for name, values in scores.items()},
+      domain_index, feature_config.num_domains,
+      np.concatenate(user_ids) if user_ids else None)
+
+
+def _domain_indices(values: np.ndarray,
+                    feature_config: features_lib.FeatureConfig) -> np.ndarray:
+  """Domain index of every raw domain value; the fallback (or -1) if unknown."""
+  known = list(feature_config.domain.values)
+  raw = values.tolist()
+  if feature_config.domain_feature.dtype == "string":
+    raw = [value.decode() if isinstance(value, bytes) else value for value in raw]
+  positions = {value: index for index, value in enumerate(known)}
+  fallback = feature_config.domain.fallback
+  default = -1 if fallback is None else positions[fallback]
+  return np.array([positions.get(value, default) for value in raw], dtype=np.int64)
+
+
+def format_metrics_table(metrics: Mapping[str, float],
+                         feature_config: features_lib.FeatureConfig) -> str:
+  """A text table: one row per task, AUC, GAUC, log loss and AUC per domain."""
+  domain_columns = [f"auc d{index}" for index in range(feature_config.num_domains)]
+  header = ["task", "auc", "gauc", "logloss"] + domain_columns
+  rows = []
+  for name in feature_config.task_names:
+    row = [name] + [_format(metrics.get(f"{key}/{name}")) for key in ("auc", "gauc", "logloss")]
+    row += [_format(metrics.get(f"auc/{name}/domain_{index}"))
+            for index in range(feature_config.num_domains)]
+    rows.append(row)
+  widths = [max(len(str(row[column])) for row in [header] + rows)
+            for column in range(len(header))]
+  lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths))
+           for row in [header] + rows]
+  return "\n".join(lines)
+
+
+def _format(value: Optional[float]) -> str:
+  if value is None:
+    return "-"
+  return "nan" if math.isnan(value) else f"{value:.4f}"
+
+
+def _write_json(path: str, payload: Any) -> None:
+  with tf.io.gfile.GFile(path, "w") as handle:
+    json.dump(payload, handle, indent=2, sort_keys=True)
+    handle.write("\n")

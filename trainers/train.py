@@ -1,0 +1,104 @@
+"""Train PEPNet, evaluate it on the test split and export a SavedModel.
+
+Built-in data:
+  python -m trainers.train --dataset=movielens_100k --model_dir=/tmp/pepnet
+
+Any other dataset:
+  python -m trainers.train --feature_config=cfg.json --train=train.csv \
+      --valid=valid.csv --test=test.csv --model_dir=/tmp/pepnet
+
+Rerunning with the same --model_dir resumes from the last checkpoint.
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+
+import pepnet_tf  # noqa: F401  # selects Keras 2 before TensorFlow loads
+from pepnet_tf import training
+
+_DEFAULTS = training.TrainConfig(model_dir="")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_dir", None, "Directory of checkpoints, logs, metrics and exports.")
+flags.DEFINE_enum("dataset", _DEFAULTS.dataset, list(training.DATASETS),
+                  "Built-in dataset, used when --feature_config is not set.")
+flags.DEFINE_string("data_dir", None,
+                    "Where the built-in dataset is prepared; defaults to "
+                    "$PEPNET_TF_DATA_DIR or ~/.cache/pepnet_tf.")
+flags.DEFINE_string("feature_config", None, "Feature config JSON of another dataset.")
+flags.DEFINE_list("train", [], "Training files or glob patterns (with --feature_config).")
+flags.DEFINE_list("valid", [], "Validation files or glob patterns (with --feature_config).")
+flags.DEFINE_list("test", [], "Test files or glob patterns (with --feature_config).")
+flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Global batch size.")
+flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Maximum number of epochs.")
+flags.DEFINE_integer("patience", _DEFAULTS.patience,
+                     "Epochs without a better mean validation AUC before stopping.")
+flags.DEFINE_list("hidden_units", [str(units) for units in _DEFAULTS.hidden_units],
+                  "Widths of every task tower's layers.")
+flags.DEFINE_enum("epnet_mode", _DEFAULTS.epnet_mode, ["element", "field"],
+                  "EPNet gate granularity: one value per embedding unit or per field.")
+flags.DEFINE_integer("gate_hidden_units", None,
+                     "Hidden width of every gate; defaults to each gate's output width.")
+flags.DEFINE_float("gamma", _DEFAULTS.gamma, "Upper bound of the gate values.")
+flags.DEFINE_float("dropout", _DEFAULTS.dropout, "Dropout rate after every tower layer.")
+flags.DEFINE_bool("use_epnet", _DEFAULTS.use_epnet, "Scale the general embeddings with EPNet.")
+flags.DEFINE_bool("use_ppnet", _DEFAULTS.use_ppnet, "Scale the tower layers with PPNet's gates.")
+flags.DEFINE_enum("ppnet_gate_input", _DEFAULTS.ppnet_gate_input, ["prior", "general"],
+                  "What PPNet's gates read: the prior ids or the general embeddings.")
+flags.DEFINE_float("dense_learning_rate", _DEFAULTS.dense_learning_rate,
+                   "Adam learning rate of the dense weights.")
+flags.DEFINE_enum("embedding_optimizer", _DEFAULTS.embedding_optimizer,
+                  list(training.EMBEDDING_OPTIMIZER_CHOICES),
+                  "Optimizer of the embedding tables: one Adagrad per domain, one shared "
+                  "Adagrad, or the dense Adam.")
+flags.DEFINE_float("embedding_learning_rate", _DEFAULTS.embedding_learning_rate,
+                   "Adagrad learning rate of the embedding tables.")
+flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of initialization and data order.")
+flags.DEFINE_bool("export", _DEFAULTS.export, "Export a SavedModel at the end.")
+flags.DEFINE_integer("keep_exports", _DEFAULTS.keep_exports,
+                     "Number of export versions kept under model_dir/export.")
+flags.DEFINE_integer("verbose", _DEFAULTS.verbose,
+                     "Keras progress output: 0 silent, 1 progress bar, 2 a line per epoch.")
+flags.mark_flag_as_required("model_dir")
+
+
+def config_from_flags() -> training.TrainConfig:
+  return training.TrainConfig(
+      model_dir=FLAGS.model_dir,
+      dataset=FLAGS.dataset,
+      data_dir=FLAGS.data_dir,
+      feature_config=FLAGS.feature_config,
+      train_files=FLAGS.train,
+      valid_files=FLAGS.valid,
+      test_files=FLAGS.test,
+      batch_size=FLAGS.batch_size,
+      epochs=FLAGS.epochs,
+      patience=FLAGS.patience,
+      hidden_units=[int(units) for units in FLAGS.hidden_units],
+      epnet_mode=FLAGS.epnet_mode,
+      gate_hidden_units=FLAGS.gate_hidden_units,
+      gamma=FLAGS.gamma,
+      dropout=FLAGS.dropout,
+      use_epnet=FLAGS.use_epnet,
+      use_ppnet=FLAGS.use_ppnet,
+      ppnet_gate_input=FLAGS.ppnet_gate_input,
+      dense_learning_rate=FLAGS.dense_learning_rate,
+      embedding_optimizer=FLAGS.embedding_optimizer,
+      embedding_learning_rate=FLAGS.embedding_learning_rate,
+      seed=FLAGS.seed,
+      export=FLAGS.export,
+      keep_exports=FLAGS.keep_exports,
+      verbose=FLAGS.verbose)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  result = training.train(config_from_flags())
+  if "metrics_path" in result:
+    logging.info("Test metrics written to %s", result["metrics_path"])
+
+
+if __name__ == "__main__":
+  app.run(main)
