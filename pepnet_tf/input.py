@@ -491,7 +491,12 @@ def _permute_blocks(chunks: tf.data.Dataset, block_size: int,
 
 def _log_dropped_rows(element_spec: Any, counter: DroppedRowCounter, config: FeatureConfig,
                       epoch: Optional[tf.Tensor]) -> tf.data.Dataset:
-  """Return an empty dataset that logs the drop count when the pipeline reaches it."""
+  """Return an empty dataset that logs the drop count when the pipeline reaches it.
+
+  NOTE: `tf.py_function` runs only in the Python process that built the dataset, so
+  drop mode probably fails where a dataset runs elsewhere (tf.data service,
+  ParameterServerStrategy workers). Neither case is tested.
+  """
   placeholder = tf.nest.map_structure(
       lambda spec: tf.zeros([0 if size is None else size for size in spec.shape], spec.dtype),
       element_spec)
