@@ -261,7 +261,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
   if config.export:
     result["export_path"] = export_lib.export_versioned(
         model, feature_config, os.path.join(config.model_dir, "export"),
-        keep=config.keep_exports)
+        keep=config.keep_exports,
+        warmup_rows=export_lib.read_warmup_rows(feature_config, paths.valid))
     logging.info("Exported the SavedModel to %s", result["export_path"])
   return result
 
