@@ -104,12 +104,12 @@ class PEPNet(tf.keras.Model):
     self.task_metrics = {}
     for name in self.task_names:
       self.task_metrics[f"auc/{name}"] = tf.keras.metrics.AUC(
-          num_thresholds=1000, name=f"auc/{name}")
+          num_thresholds=200, name=f"auc/{name}")
       self.task_metrics[f"logloss/{name}"] = tf.keras.metrics.BinaryCrossentropy(
           name=f"logloss/{name}")
       for domain in range(config.num_domains):
         self.task_metrics[f"auc/{name}/domain_{domain}"] = tf.keras.metrics.AUC(
-            num_thresholds=1000, name=f"auc/{name}/domain_{domain}")
+            num_thresholds=200, name=f"auc/{name}/domain_{domain}")
 
   # Forward pass.
 

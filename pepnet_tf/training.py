@@ -50,6 +50,9 @@ class TrainConfig:
     embedding_learning_rate: Adagrad learning rate of the tables.
     seed: seed of weight initialization and data order.
     shuffle_buffer: records in the shuffle buffer.
+    cache_in_memory: parse the training and validation files once and serve the
+      batches from memory (`input.make_cached_dataset`); turn off for data that does
+      not fit in memory.
     export: whether to export a SavedModel at the end.
     keep_exports: number of export versions kept under `model_dir/export`.
     verbose: Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.
@@ -81,6 +84,7 @@ class TrainConfig:
   embedding_learning_rate: float = 0.05
   seed: int = 2023
   shuffle_buffer: int = 100_000
+  cache_in_memory: bool = True
   export: bool = True
   keep_exports: int = 5
   verbose: int = 2
@@ -219,6 +223,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
   model = build_model(config, feature_config)
   valid_dataset = input_lib.make_dataset(
       feature_config, paths.valid, config.batch_size, training=False)
+  if config.cache_in_memory:
+    valid_dataset = valid_dataset.cache()
   model(_example_batch(feature_config))  # create every weight before a restore
   for component, count in model.parameter_counts().items():
     logging.info("Parameters of %s: %s", component, f"{count:,}")
@@ -235,10 +241,15 @@ def train(config: TrainConfig) -> Dict[str, Any]:
   if not state["stopped"] and initial_epoch < config.epochs:
     num_records = input_lib.count_records(feature_config, paths.train)
     steps = input_lib.steps_per_epoch(num_records, config.batch_size)
-    train_dataset = input_lib.make_dataset(
-        feature_config, paths.train, config.batch_size, training=True, seed=config.seed,
-        initial_epoch=initial_epoch, epochs=config.epochs,
-        shuffle_buffer=config.shuffle_buffer)
+    if config.cache_in_memory:
+      train_dataset = input_lib.make_cached_dataset(
+          feature_config, paths.train, config.batch_size, seed=config.seed,
+          initial_epoch=initial_epoch, epochs=config.epochs)
+    else:
+      train_dataset = input_lib.make_dataset(
+          feature_config, paths.train, config.batch_size, training=True,
+          seed=config.seed, initial_epoch=initial_epoch, epochs=config.epochs,
+          shuffle_buffer=config.shuffle_buffer)
     callbacks = [saver, tf.keras.callbacks.TensorBoard(
         os.path.join(config.model_dir, "logs"), profile_batch=0)]
     model.fit(train_dataset, epochs=config.epochs, initial_epoch=initial_epoch,

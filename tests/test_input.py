@@ -499,3 +499,61 @@ class InputTest(tf.test.TestCase, parameterized.TestCase):
 
 if __name__ == "__main__":
   tf.test.main()
+
+
+class CachedDatasetTest(tf.test.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    import synthetic  # pylint: disable=g-import-not-at-top
+    self.paths = synthetic.write_dataset(self.get_temp_dir() + "/cached", "tfrecord",
+                                         sizes=(250, 10, 10))
+    self.config = features_lib.load(self.paths["feature_config"])
+
+  def _epoch_keys(self, dataset, steps):
+    """(user_id, item_id, age) of every row, per epoch of `steps` batches."""
+    epochs, rows = [], []
+    for step, (features, _) in enumerate(dataset, start=1):
+      rows += list(zip(features["user_id"].numpy(), features["item_id"].numpy(),
+                       features["age"].numpy()))
+      if step % steps == 0:
+        epochs.append(rows)
+        rows = []
+    return epochs
+
+  def test_each_epoch_is_a_permutation_of_all_rows(self):
+    dataset = input_lib.make_cached_dataset(self.config, [self.paths["train"]], 64, epochs=2)
+    streamed = input_lib.make_dataset(self.config, [self.paths["train"]], 300, training=False)
+    features, _ = next(iter(streamed))
+    expected = sorted(zip(features["user_id"].numpy(), features["item_id"].numpy(),
+                          features["age"].numpy()))
+    epochs = self._epoch_keys(dataset, input_lib.steps_per_epoch(250, 64))
+    self.assertLen(epochs, 2)
+    self.assertEqual(sorted(epochs[0]), expected)
+    self.assertEqual(sorted(epochs[1]), expected)
+    self.assertNotEqual(epochs[0], epochs[1])
+
+  def test_resumed_epoch_matches(self):
+    steps = input_lib.steps_per_epoch(250, 64)
+    full = input_lib.make_cached_dataset(self.config, [self.paths["train"]], 64, seed=3,
+                                         epochs=3)
+    resumed = input_lib.make_cached_dataset(self.config, [self.paths["train"]], 64, seed=3,
+                                            initial_epoch=2, epochs=3)
+    self.assertEqual(self._epoch_keys(full, steps)[2], self._epoch_keys(resumed, steps)[0])
+
+  def test_pipelines_partition_rows(self):
+    rows = []
+    for pipeline_id in range(2):
+      context = tf.distribute.InputContext(num_input_pipelines=2,
+                                           input_pipeline_id=pipeline_id)
+      dataset = input_lib.make_cached_dataset(self.config, [self.paths["train"]], 50,
+                                              input_context=context)
+      rows.append(self._epoch_keys(dataset, 3)[0])
+    self.assertLen(rows[0], 125)
+    self.assertLen(rows[1], 125)
+    self.assertEmpty(set(rows[0]) & set(rows[1]))
+
+  def test_labels_keep_missing_marker(self):
+    dataset = input_lib.make_cached_dataset(self.config, [self.paths["train"]], 250)
+    _, labels = next(iter(dataset))
+    self.assertIn(-1.0, labels["like"].numpy().tolist())

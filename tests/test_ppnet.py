@@ -153,6 +153,20 @@ class PPNetTest(tf.test.TestCase, parameterized.TestCase):
 
     self.assertNotAllClose(inference, training)
 
+  def test_dropout_masks_resume_from_checkpoint(self):
+    o_ep = self.random_inputs(*_O_EP_SHAPE)
+    prior = self.random_inputs(*_PRIOR_SHAPE)
+    ppnet = PPNet(task_names=["click"], hidden_units=[64], dropout=0.5, dropout_seed=1)
+    ppnet(o_ep, prior, training=True)  # draws the first masks
+    path = tf.train.Checkpoint(layer=ppnet).save(self.get_temp_dir() + "/dropout")
+    expected = ppnet(o_ep, prior, training=True)["click"]
+
+    restored = PPNet(task_names=["click"], hidden_units=[64], dropout=0.5, dropout_seed=7)
+    restored(o_ep, prior, training=False)  # creates the weights and the generator
+    tf.train.Checkpoint(layer=restored).restore(path).assert_consumed()
+
+    self.assertAllEqual(restored(o_ep, prior, training=True)["click"], expected)
+
   @parameterized.named_parameters(*_DEPTHS_AND_TASKS)
   def test_o_ep_gradient_skips_gates(self, hidden_units, task_names):
     # The reference tower uses the gate values as constants, which is what

@@ -55,6 +55,9 @@ flags.DEFINE_enum("embedding_optimizer", _DEFAULTS.embedding_optimizer,
 flags.DEFINE_float("embedding_learning_rate", _DEFAULTS.embedding_learning_rate,
                    "Adagrad learning rate of the embedding tables.")
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of initialization and data order.")
+flags.DEFINE_bool("cache_in_memory", _DEFAULTS.cache_in_memory,
+                  "Parse the training and validation files once and keep the batches "
+                  "in memory; turn off for data that does not fit.")
 flags.DEFINE_bool("export", _DEFAULTS.export, "Export a SavedModel at the end.")
 flags.DEFINE_integer("keep_exports", _DEFAULTS.keep_exports,
                      "Number of export versions kept under model_dir/export.")
@@ -87,6 +90,7 @@ def config_from_flags() -> training.TrainConfig:
       embedding_optimizer=FLAGS.embedding_optimizer,
       embedding_learning_rate=FLAGS.embedding_learning_rate,
       seed=FLAGS.seed,
+      cache_in_memory=FLAGS.cache_in_memory,
       export=FLAGS.export,
       keep_exports=FLAGS.keep_exports,
       verbose=FLAGS.verbose)

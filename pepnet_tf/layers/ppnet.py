@@ -1,5 +1,6 @@
 """PPNet: per-task towers whose layer inputs are scaled by gates on the prior ids."""
 
+import random
 from typing import Any, Dict, Optional, Sequence
 
 import tensorflow as tf
@@ -78,6 +79,11 @@ class PPNet(tf.keras.layers.Layer):
     hidden_units: list of int, the width of each tower layer, at least one.
     activation: activation of every tower layer. Defaults to "relu".
     dropout: float in [0, 1), dropout rate after every tower layer. Defaults to 0.
+    dropout_seed: int or None, seed of the dropout masks. Their random state is the
+      layer's `tf.random.Generator` `dropout_generator`, so a checkpoint restores it
+      and a resumed run draws the same masks as an uninterrupted one. Defaults to
+      None: a seed drawn from Python's `random`, which
+      `tf.keras.utils.set_random_seed` seeds.
     gate_hidden_units: int or None, hidden width of every gate. Defaults to the
       gate's output width.
     gamma: float, upper bound of the gate values, must be > 0. Defaults to 2.0.
@@ -105,6 +111,7 @@ class PPNet(tf.keras.layers.Layer):
                hidden_units: Sequence[int],
                activation: Any = "relu",
                dropout: float = 0.0,
+               dropout_seed: Optional[int] = None,
                gate_hidden_units: Optional[int] = None,
                gamma: float = 2.0,
                use_gates: bool = True,
@@ -140,7 +147,8 @@ class PPNet(tf.keras.layers.Layer):
     self.bias_initializer = tf.keras.initializers.get(bias_initializer)
     self.kernel_regularizer = tf.keras.regularizers.get(kernel_regularizer)
     self.bias_regularizer = tf.keras.regularizers.get(bias_regularizer)
-    self.dropout_layer = tf.keras.layers.Dropout(self.dropout)
+    self.dropout_seed = dropout_seed
+    self.dropout_generator = None
     self.gates = []
     self.kernels = []
     self.biases = []
@@ -156,6 +164,11 @@ class PPNet(tf.keras.layers.Layer):
           "`o_ep` must be 2-D `(batch_size, width)` or 3-D "
           f"`(batch_size, num_fields, embedding_dim)` with known sizes. "
           f"Received: shape={o_ep_shape}")
+    if self.dropout > 0:
+      seed = self.dropout_seed
+      if seed is None:
+        seed = random.randint(0, 2**31 - 1)
+      self.dropout_generator = tf.random.Generator.from_seed(seed)
     widths = [_shapes.flat_width(o_ep_shape)] + self.hidden_units
     for layer_index, (input_width, output_width) in enumerate(zip(widths[:-1], widths[1:])):
       if self.use_gates:
@@ -207,7 +220,11 @@ class PPNet(tf.keras.layers.Layer):
         hidden = hidden * tf.transpose(delta, [1, 0, 2])
       # (num_tasks, batch_size, input_width) x (num_tasks, input_width, output_width)
       hidden = tf.einsum("tbi,tio->tbo", hidden, kernel) + bias[:, tf.newaxis, :]
-      hidden = self.dropout_layer(self.activation(hidden), training=training)
+      hidden = self.activation(hidden)
+      if training and self.dropout_generator is not None:
+        # A fresh stateless seed per layer and step, drawn from the tracked generator.
+        hidden = tf.nn.experimental.stateless_dropout(
+            hidden, rate=self.dropout, seed=self.dropout_generator.make_seeds(1)[:, 0])
 
     # (num_tasks, batch_size, hidden_units[-1]) -> task -> (batch_size, hidden_units[-1])
     return {name: hidden[task_index] for task_index, name in enumerate(self.task_names)}
@@ -219,6 +236,7 @@ class PPNet(tf.keras.layers.Layer):
         "hidden_units": list(self.hidden_units),
         "activation": tf.keras.activations.serialize(self.activation),
         "dropout": self.dropout,
+        "dropout_seed": self.dropout_seed,
         "gate_hidden_units": self.gate_hidden_units,
         "gamma": self.gamma,
         "use_gates": self.use_gates,
