@@ -43,7 +43,7 @@ class TrainConfig:
     patience: epochs without a better mean validation AUC before stopping.
     hidden_units: widths of every task tower.
     epnet_mode, gate_hidden_units, gamma, dropout, use_epnet, use_ppnet,
-      ppnet_gate_input: model options, see `pepnet_tf.model.PEPNet`.
+      ppnet_gate_input, prior_in_towers: model options, see `pepnet_tf.model.PEPNet`.
     dense_learning_rate: Adam learning rate of the dense weights.
     embedding_optimizer: "per_domain" (one Adagrad per domain), "shared" (one
       Adagrad) or "adam" (tables learn with the dense Adam, a baseline).
@@ -79,6 +79,7 @@ class TrainConfig:
   use_epnet: bool = True
   use_ppnet: bool = True
   ppnet_gate_input: str = "prior"
+  prior_in_towers: bool = True
   dense_learning_rate: float = 1e-3
   embedding_optimizer: str = "per_domain"
   embedding_learning_rate: float = 0.05
@@ -147,6 +148,7 @@ def build_model(config: TrainConfig, feature_config: features_lib.FeatureConfig)
       use_epnet=config.use_epnet,
       use_ppnet=config.use_ppnet,
       ppnet_gate_input=config.ppnet_gate_input,
+      prior_in_towers=config.prior_in_towers,
       embedding_optimizer=embedding_optimizer)
   model.compile(optimizer=tf.keras.optimizers.Adam(config.dense_learning_rate))
   return model

@@ -150,7 +150,7 @@ class PEPNetTest(tf.test.TestCase, parameterized.TestCase):
                    len(model.trainable_variables) - len(model.embedding_tables))
 
   def test_parameter_counts(self):
-    model = PEPNet(_config(), hidden_units=[8], gate_hidden_units=5)
+    model = PEPNet(_config(), hidden_units=[8], gate_hidden_units=5, prior_in_towers=False)
     batch, _ = _batch()
     model(batch)
     counts = model.parameter_counts()
@@ -164,6 +164,16 @@ class PEPNetTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(counts["heads"], 2 * (3 * 8 + 3))
     trainable = sum(int(np.prod(var.shape)) for var in model.trainable_variables)
     self.assertEqual(sum(counts.values()), trainable)
+
+  def test_prior_in_towers_widens_tower_input(self):
+    model = PEPNet(_config(), hidden_units=[8], gate_hidden_units=5)
+    batch, _ = _batch()
+    model(batch)
+    counts = model.parameter_counts()
+    # Tower input: EPNet output 8 plus the prior ids 8, for each of 2 tasks.
+    self.assertEqual(counts["towers"], 2 * (16 * 8 + 8))
+    # The PPNet gate scales the wider input: 2 tasks x 16 outputs.
+    self.assertEqual(counts["ppnet_gates"], (8 + 16) * 5 + 5 + 5 * 32 + 32)
 
   def test_invalid_gate_input_raises(self):
     with self.assertRaisesRegex(ValueError, "ppnet_gate_input"):

@@ -46,6 +46,9 @@ flags.DEFINE_bool("use_epnet", _DEFAULTS.use_epnet, "Scale the general embedding
 flags.DEFINE_bool("use_ppnet", _DEFAULTS.use_ppnet, "Scale the tower layers with PPNet's gates.")
 flags.DEFINE_enum("ppnet_gate_input", _DEFAULTS.ppnet_gate_input, ["prior", "general"],
                   "What PPNet's gates read: the prior ids or the general embeddings.")
+flags.DEFINE_bool("prior_in_towers", _DEFAULTS.prior_in_towers,
+                  "Also feed the prior id embeddings to the towers, not only to PPNet's "
+                  "gates.")
 flags.DEFINE_float("dense_learning_rate", _DEFAULTS.dense_learning_rate,
                    "Adam learning rate of the dense weights.")
 flags.DEFINE_enum("embedding_optimizer", _DEFAULTS.embedding_optimizer,
@@ -86,6 +89,7 @@ def config_from_flags() -> training.TrainConfig:
       use_epnet=FLAGS.use_epnet,
       use_ppnet=FLAGS.use_ppnet,
       ppnet_gate_input=FLAGS.ppnet_gate_input,
+      prior_in_towers=FLAGS.prior_in_towers,
       dense_learning_rate=FLAGS.dense_learning_rate,
       embedding_optimizer=FLAGS.embedding_optimizer,
       embedding_learning_rate=FLAGS.embedding_learning_rate,
