@@ -17,6 +17,7 @@ Example:
     dataset = input_lib.make_dataset(feature_config, paths.test, 1024, training=False)
     values = gates.collect_gate_values(model, dataset, max_batches=10)
     means = gates.mean_epnet_gate_by_domain(values, feature_config.num_domains)
+    domain_names = [str(value) for value in feature_config.domain.values]
     gates.plot_epnet_heatmap(means, values.field_names, domain_names, "epnet.png")
     gates.plot_ppnet_histograms(values, "ppnet.png")
 
