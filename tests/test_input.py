@@ -3,6 +3,7 @@
 import itertools
 import os
 
+from absl import logging as absl_logging
 from absl.testing import parameterized
 import pepnet_tf  # noqa: F401  (selects Keras 2 before TensorFlow is used)
 import tensorflow as tf
@@ -326,6 +327,11 @@ class InputTest(tf.test.TestCase, parameterized.TestCase):
     rows[4]["tab"] = "live"
     config = make_config(file_format, on_unknown="drop")
     counter = input_lib.DroppedRowCounter()
+    # Saving or loading a SavedModel earlier in the same process lowers absl's
+    # verbosity to WARNING, which would hide the INFO line checked here.
+    previous_verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.INFO)
+    self.addCleanup(absl_logging.set_verbosity, previous_verbosity)
     with self.assertLogs(level="INFO") as logs:
       batches = self.read(file_format, rows, config=config, training=True, epochs=2,
                           dropped_rows=counter)
