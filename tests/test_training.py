@@ -17,6 +17,10 @@ import synthetic
 from pepnet_tf import training
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Real rows of Taobao's Ali-CCP (100 train, 50 validation, 50 test), a second schema.
+_ALI_CCP_DIR = os.environ.get(
+    "PEPNET_TF_ALI_CCP_SAMPLE",
+    os.path.join(_REPO_ROOT, "..", "shared", "data", "ali_ccp_sample"))
 
 
 def _config(paths, model_dir, **overrides):
@@ -188,6 +192,23 @@ class TrainTest(tf.test.TestCase, parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "like"):
       training.train(_config(paths, model_dir))
     self.assertFalse(os.path.exists(os.path.join(model_dir, "checkpoints")))
+
+  def test_new_schema_needs_only_config(self):
+    if not os.path.isdir(_ALI_CCP_DIR):
+      self.skipTest(f"Ali-CCP sample not found at {_ALI_CCP_DIR}; set "
+                    "PEPNET_TF_ALI_CCP_SAMPLE to its folder.")
+    model_dir = self._new_dir()
+    result = training.train(training.TrainConfig(
+        model_dir=model_dir,
+        feature_config=os.path.join(_REPO_ROOT, "data", "configs", "ali_ccp.json"),
+        train_files=[os.path.join(_ALI_CCP_DIR, "train.csv")],
+        valid_files=[os.path.join(_ALI_CCP_DIR, "val.csv")],
+        test_files=[os.path.join(_ALI_CCP_DIR, "test.csv")],
+        batch_size=32, epochs=1, hidden_units=[8], export=False, verbose=0))
+    metrics = result["test_metrics"]
+    self.assertTrue(np.isfinite(metrics["logloss/click"]))
+    self.assertTrue(np.isfinite(metrics["logloss/purchase"]))
+    self.assertIn("auc/click/domain_2", metrics)
 
   def test_cli_train_then_evaluate(self):
     paths = self.paths["csv"]
