@@ -11,6 +11,7 @@ from typing import Dict, List, Mapping
 
 import tensorflow as tf
 
+from pepnet_tf import distribute as distribute_lib
 from pepnet_tf import domains
 from pepnet_tf import features as features_lib
 from pepnet_tf.layers._initializers import clone_initializer
@@ -58,11 +59,14 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
     widths = {spec.name: self.config.embedding_dim_of(spec) for spec in self.specs}
     widths[self.domain_name] = self.config.embedding_dim
     for name in self.table_sizes:
-      self.tables[name] = self.add_weight(
-          name=f"table_{name}",
-          shape=(self.table_sizes[name], widths[name]),
-          initializer=clone_initializer(self.embeddings_initializer),
-          trainable=True)
+      # Under ParameterServerStrategy with a `distribute.TablePartitioner`, a table can
+      # become a `ShardedVariable`: consecutive row ranges on different servers.
+      with distribute_lib.table_sharding():
+        self.tables[name] = self.add_weight(
+            name=f"table_{name}",
+            shape=(self.table_sizes[name], widths[name]),
+            initializer=clone_initializer(self.embeddings_initializer),
+            trainable=True)
     super().build(input_shape)
 
   @property
@@ -127,7 +131,10 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
     """Read the rows of `ids`: feature name -> `(batch_size, embedding_dim)`."""
     if not self.built:
       self.build()
-    return {name: tf.gather(self.tables[name], row_ids) for name, row_ids in ids.items()}
+    # embedding_lookup reads only the shards that hold the ids of a sharded table, and
+    # is a plain gather on an unsharded one.
+    return {name: tf.nn.embedding_lookup(self.tables[name], row_ids)
+            for name, row_ids in ids.items()}
 
   def call(self, features):
     return self.gather(self.lookup(features))

@@ -4,6 +4,7 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import tensorflow as tf
 
+from pepnet_tf import distribute as distribute_lib
 from pepnet_tf import features as features_lib
 from pepnet_tf import optimizers as optimizers_lib
 from pepnet_tf.embedding import FeatureEmbeddings
@@ -174,7 +175,9 @@ class PEPNet(tf.keras.Model):
 
   @property
   def dense_variables(self):
-    table_refs = {table.ref() for table in self.embedding_tables}
+    # Under a variable partitioner, `trainable_variables` lists a table's shards.
+    table_refs = {shard.ref() for table in self.embedding_tables
+                  for shard, _ in distribute_lib.table_shards(table)}
     return [var for var in self.trainable_variables if var.ref() not in table_refs]
 
   def compute_pepnet_loss(self, labels: Mapping[str, tf.Tensor],
@@ -190,7 +193,9 @@ class PEPNet(tf.keras.Model):
     return total
 
   def _update_metrics(self, labels, logits, domain_index, loss):
-    self.loss_tracker.update_state(loss)
+    # compute_average_loss divides each replica's loss by num_replicas_in_sync for
+    # the gradient sum; the metric logs each replica's mean loss instead.
+    self.loss_tracker.update_state(loss * tf.distribute.get_strategy().num_replicas_in_sync)
     for name in self.task_names:
       label = tf.reshape(tf.cast(labels[name], tf.float32), [-1])
       present = tf.cast(label >= 0.0, tf.float32)
@@ -226,10 +231,10 @@ class PEPNet(tf.keras.Model):
     row_ids = [ids[name] for name in names]
 
     if self.embedding_optimizer is None:
-      table_gradients = [tf.IndexedSlices(gradient, row_id, tf.shape(table))
-                         for gradient, row_id, table in zip(row_gradients, row_ids, tables)]
-      self.optimizer.apply_gradients(
-          zip(dense_gradients + table_gradients, dense_variables + tables))
+      grads_and_vars = list(zip(dense_gradients, dense_variables))
+      for gradient, row_id, table in zip(row_gradients, row_ids, tables):
+        grads_and_vars.extend(optimizers_lib.split_row_gradients(table, gradient, row_id)[0])
+      self.optimizer.apply_gradients(grads_and_vars)
     else:
       self.optimizer.apply_gradients(zip(dense_gradients, dense_variables))
       self.embedding_optimizer.apply(tables, row_gradients, row_ids, domain_index)
@@ -260,7 +265,8 @@ class PEPNet(tf.keras.Model):
   def parameter_counts(self) -> Dict[str, int]:
     """Number of weights per component: embeddings, gates, towers and heads."""
     def count(variables):
-      return int(sum(tf.size(var).numpy() for var in variables))
+      # From the static shapes, so that no sharded or remote variable is read.
+      return int(sum(var.shape.num_elements() for var in variables))
 
     ppnet_gate_vars = [var for gate in self.ppnet.gates for var in gate.trainable_variables]
     return {

@@ -11,9 +11,11 @@ very large tables shared mode is the affordable choice, at the cost of letting a
 domain shrink the step size of rows that a quiet domain also uses.
 """
 
-from typing import Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
+
+from pepnet_tf import distribute as distribute_lib
 
 EMBEDDING_OPTIMIZERS = ("per_domain", "shared")
 
@@ -91,24 +93,68 @@ class DomainAdagrad(tf.Module):
           "`tables`, `row_gradients` and `row_ids` must have the same length. "
           f"Received: {len(tables)}, {len(row_gradients)}, {len(row_ids)}")
     if self.shared:
-      self.optimizers[0].apply_gradients([
-          (_row_slices(gradient, ids, table), table)
-          for table, gradient, ids in zip(tables, row_gradients, row_ids)
-      ])
+      grads_and_vars = []
+      for table, gradient, ids in zip(tables, row_gradients, row_ids):
+        grads_and_vars.extend(split_row_gradients(table, gradient, ids)[0])
+      self.optimizers[0].apply_gradients(grads_and_vars)
       return
 
     per_domain = [[] for _ in range(self.num_domains)]
-    row_domains = tf.cast(row_domains, tf.int32)
     for table, gradient, ids in zip(tables, row_gradients, row_ids):
-      # (batch_size, embedding_dim) -> num_domains parts of (rows_of_domain, embedding_dim)
-      gradient_parts = tf.dynamic_partition(gradient, row_domains, self.num_domains)
-      id_parts = tf.dynamic_partition(ids, row_domains, self.num_domains)
+      parts = split_row_gradients(table, gradient, ids, row_domains, self.num_domains)
       for domain in range(self.num_domains):
-        per_domain[domain].append(
-            (_row_slices(gradient_parts[domain], id_parts[domain], table), table))
+        per_domain[domain].extend(parts[domain])
     for optimizer, grads_and_vars in zip(self.optimizers, per_domain):
       # Duplicate ids are summed by apply_gradients before the accumulator update.
       optimizer.apply_gradients(grads_and_vars)
+
+
+def split_row_gradients(table, gradient: tf.Tensor, ids: tf.Tensor,
+                        groups: Optional[tf.Tensor] = None,
+                        num_groups: int = 1) -> List[List[Tuple[tf.IndexedSlices, tf.Variable]]]:
+  """Split the gradient of gathered rows by group and by the shard that contains each row.
+
+  A sharded table (`tf.distribute` `ShardedVariable`) gets one sparse gradient per
+  shard, with ids counted from the shard's first row, so that optimizers update the
+  shards themselves: an optimizer given the `ShardedVariable` as a whole fails.
+
+  Args:
+    table: the embedding variable `(table_size, embedding_dim)`, sharded or not.
+    gradient: `(batch_size, embedding_dim)`, the gradient with respect to the rows.
+    ids: `(batch_size,)` int row indices that were gathered.
+    groups: `(batch_size,)` int group (domain) of every row, or None for one group.
+    num_groups: number of groups; every value of `groups` is below it.
+
+  Returns:
+    For every group, a list of `(IndexedSlices, shard)` pairs, one per shard. A pair
+    can hold no rows.
+  """
+  shards = distribute_lib.table_shards(table)
+  if len(shards) == 1 and groups is None:
+    return [[(_row_slices(gradient, ids, table), table)]]
+
+  ids = tf.cast(ids, tf.int64)
+  first_rows = tf.constant([first_row for _, first_row in shards], tf.int64)
+  # (batch_size,): the shard of each id is the number of shards starting at or below it, minus 1.
+  shard_index = tf.reduce_sum(
+      tf.cast(ids[:, tf.newaxis] >= first_rows[tf.newaxis, 1:], tf.int32), axis=1)
+  local_ids = ids - tf.gather(first_rows, shard_index)
+  if groups is None:
+    groups = tf.zeros_like(shard_index)
+    num_groups = 1
+  # One partition per (shard, group): (batch_size, embedding_dim) ->
+  # num_shards * num_groups parts of (rows_of_part, embedding_dim).
+  partition = shard_index * num_groups + tf.cast(groups, tf.int32)
+  num_parts = len(shards) * num_groups
+  gradient_parts = tf.dynamic_partition(gradient, partition, num_parts)
+  id_parts = tf.dynamic_partition(local_ids, partition, num_parts)
+  result = [[] for _ in range(num_groups)]
+  for shard_number, (shard, _) in enumerate(shards):
+    for group in range(num_groups):
+      part = shard_number * num_groups + group
+      result[group].append(
+          (_row_slices(gradient_parts[part], id_parts[part], shard), shard))
+  return result
 
 
 def _row_slices(gradient, ids, table) -> tf.IndexedSlices:
