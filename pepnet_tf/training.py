@@ -4,6 +4,11 @@
 early stopping on the mean validation AUC over tasks, checkpoints every epoch
 (rerunning with the same `model_dir` resumes), restores the best epoch, evaluates on
 the test split, writes `eval/test_metrics.json` and exports a SavedModel.
+
+`TrainConfig.strategy` selects a `tf.distribute` strategy (see
+`pepnet_tf.distribute`). Under every strategy other than "default", only the chief
+writes to `model_dir`, and it evaluates and exports a single-device model restored
+from the best checkpoint.
 """
 
 import dataclasses
@@ -16,6 +21,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from pepnet_tf import distribute as distribute_lib
 from pepnet_tf import export as export_lib
 from pepnet_tf import features as features_lib
 from pepnet_tf import input as input_lib
@@ -26,6 +32,9 @@ from pepnet_tf.model import PEPNet
 DATASETS = ("movielens_100k",)
 EMBEDDING_OPTIMIZER_CHOICES = ("per_domain", "shared", "adam")
 _STATE_FILE = "training_state.json"
+# Written by the chief under a distribution strategy: the strategy, the cluster and
+# the placement of every embedding table's shards.
+DISTRIBUTION_FILE = "distribution.json"
 
 
 @dataclasses.dataclass
@@ -52,7 +61,13 @@ class TrainConfig:
     shuffle_buffer: records in the shuffle buffer.
     cache_in_memory: parse the training and validation files once and serve the
       batches from memory (`input.make_cached_dataset`); turn off for data that does
-      not fit in memory.
+      not fit in memory. Ignored under "parameter_server", whose workers read the
+      files.
+    strategy: distribution strategy, one of `distribute.STRATEGIES`; the cluster
+      comes from the `TF_CONFIG` environment variable.
+    ps_shards: maximum number of shards of an embedding table under
+      "parameter_server"; None uses one per ps task.
+    min_shard_bytes: minimum bytes of a table shard under "parameter_server".
     export: whether to export a SavedModel at the end.
     keep_exports: number of export versions kept under `model_dir/export`.
     verbose: Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.
@@ -86,6 +101,9 @@ class TrainConfig:
   seed: int = 2023
   shuffle_buffer: int = 100_000
   cache_in_memory: bool = True
+  strategy: str = "default"
+  ps_shards: Optional[int] = None
+  min_shard_bytes: int = distribute_lib.DEFAULT_MIN_SHARD_BYTES
   export: bool = True
   keep_exports: int = 5
   verbose: int = 2
@@ -101,9 +119,17 @@ class TrainConfig:
           "another dataset pass feature_config, train_files, valid_files and test_files.")
     if self.feature_config is not None and not (self.train_files and self.valid_files):
       raise ValueError("With feature_config, train_files and valid_files are required.")
-    for name in ("batch_size", "epochs", "patience"):
+    for name in ("batch_size", "epochs", "patience", "min_shard_bytes"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1. Received: {getattr(self, name)!r}")
+    if self.strategy not in distribute_lib.STRATEGIES:
+      raise ValueError(f"strategy must be one of {distribute_lib.STRATEGIES}. "
+                       f"Received: {self.strategy!r}")
+    if self.ps_shards is not None and self.ps_shards < 1:
+      raise ValueError(f"ps_shards must be >= 1 or None. Received: {self.ps_shards!r}")
+    if self.strategy == "parameter_server" and self.verbose == 1:
+      raise ValueError("Keras rejects verbose=1 (a progress bar per step) under "
+                       "strategy 'parameter_server'; use verbose=2 or 0.")
 
 
 @dataclasses.dataclass
@@ -167,19 +193,46 @@ class EpochCheckpoint(tf.keras.callbacks.Callback):
   Keras' EarlyStopping forgets its counters when a run restarts, so this callback
   keeps them in a JSON file beside the checkpoints: a resumed run stops at the same
   epoch as an uninterrupted one.
+
+  Under multi-worker training every task runs this callback, because saving reads
+  variables (metrics) that all tasks aggregate together. The chief writes to
+  `model_dir`. Every other task passes a `temp_dir`, saves there and deletes it at
+  once, and reads the state and checkpoints of the chief in `model_dir`, which must
+  therefore be on storage that all tasks share.
+
+  Args:
+    checkpoint: the `tf.train.Checkpoint` to save.
+    model_dir: the run's directory; checkpoints go to `checkpoints/` and `best/`.
+    patience: epochs without a better monitored value before stopping.
+    monitor: the log key to maximize. Defaults to "val_auc_mean".
+    temp_dir: None for the chief, else the directory where a non-chief task writes.
   """
 
   def __init__(self, checkpoint: tf.train.Checkpoint, model_dir: str, patience: int,
-               monitor: str = "val_auc_mean"):
+               monitor: str = "val_auc_mean", temp_dir: Optional[str] = None):
     super().__init__()
     self.monitor = monitor
     self.patience = patience
+    self.model_dir = model_dir
+    self.temp_dir = temp_dir
+    self.is_chief = temp_dir is None
+    write_dir = model_dir if self.is_chief else temp_dir
     self.manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(model_dir, "checkpoints"), max_to_keep=2)
+        checkpoint, os.path.join(write_dir, "checkpoints"), max_to_keep=2)
     self.best_manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(model_dir, "best"), max_to_keep=1)
+        checkpoint, os.path.join(write_dir, "best"), max_to_keep=1)
     self.state_path = os.path.join(model_dir, "checkpoints", _STATE_FILE)
     self.state = {"epoch": 0, "best": None, "best_epoch": None, "wait": 0, "stopped": False}
+
+  @property
+  def latest_checkpoint(self) -> Optional[str]:
+    """The chief's latest checkpoint in `model_dir`, or None."""
+    return tf.train.latest_checkpoint(os.path.join(self.model_dir, "checkpoints"))
+
+  @property
+  def best_checkpoint(self) -> Optional[str]:
+    """The chief's checkpoint of the best epoch in `model_dir`, or None."""
+    return tf.train.latest_checkpoint(os.path.join(self.model_dir, "best"))
 
   def load_state(self) -> Dict[str, Any]:
     if tf.io.gfile.exists(self.state_path):
@@ -205,65 +258,95 @@ class EpochCheckpoint(tf.keras.callbacks.Callback):
         state["stopped"] = True
         self.model.stop_training = True
     self.manager.save(checkpoint_number=epoch + 1)
+    if not self.is_chief:
+      tf.io.gfile.rmtree(self.temp_dir)
+      return
     with tf.io.gfile.GFile(self.state_path, "w") as handle:
       json.dump(state, handle)
 
 
 def train(config: TrainConfig) -> Dict[str, Any]:
-  """Train, evaluate and export; return the test metrics and output paths."""
+  """Train, evaluate and export; return the test metrics and output paths.
+
+  Under strategy "parameter_server", a "worker" or "ps" task of `TF_CONFIG` starts
+  its server and never returns; only the "chief" trains. Under
+  "multi_worker_mirrored", a task other than the chief trains and returns
+  `{"model_dir": ..., "chief": False}` without evaluating or exporting.
+  """
   config.validate()
+  task = distribute_lib.LOCAL_TASK
+  if config.strategy != "default":
+    task = distribute_lib.current_task()
+  if distribute_lib.is_server_task(config.strategy, task):
+    distribute_lib.run_server(task)
+  # Created first: a multi-worker strategy configures collective ops, which
+  # TensorFlow expects at program startup.
+  strategy = distribute_lib.make_strategy(config.strategy, config.ps_shards,
+                                          config.min_shard_bytes)
+  chief = distribute_lib.is_chief(strategy)
   tf.io.gfile.makedirs(config.model_dir)
   paths = resolve_data(config)
   feature_config = features_lib.load(paths.feature_config)
   for files in (paths.train, paths.valid) + ((paths.test,) if paths.test else ()):
     input_lib.validate_files(feature_config, files)
-  _write_json(os.path.join(config.model_dir, "config.json"),
-              {"train": dataclasses.asdict(config), "data": dataclasses.asdict(paths)})
-  feature_config.save(os.path.join(config.model_dir, "feature_config.json"))
+  if chief:
+    _write_json(os.path.join(config.model_dir, "config.json"),
+                {"train": dataclasses.asdict(config), "data": dataclasses.asdict(paths)})
+    feature_config.save(os.path.join(config.model_dir, "feature_config.json"))
 
   tf.keras.utils.set_random_seed(config.seed)
-  model = build_model(config, feature_config)
-  valid_dataset = input_lib.make_dataset(
-      feature_config, paths.valid, config.batch_size, training=False)
-  if config.cache_in_memory:
-    valid_dataset = valid_dataset.cache()
-  model(_example_batch(feature_config))  # create every weight before a restore
+  with strategy.scope():
+    model = build_model(config, feature_config)
+    model(_example_batch(feature_config))  # create every weight before a restore
   for component, count in model.parameter_counts().items():
     logging.info("Parameters of %s: %s", component, f"{count:,}")
+  if config.strategy != "default" and chief:
+    distribute_lib.write_description(
+        os.path.join(config.model_dir, DISTRIBUTION_FILE), config.strategy, strategy,
+        task, model.embeddings.tables)
 
   checkpoint = make_checkpoint(model)
-  saver = EpochCheckpoint(checkpoint, config.model_dir, config.patience)
+  temp_dir = None if chief else distribute_lib.task_temp_dir(config.model_dir, strategy)
+  saver = EpochCheckpoint(checkpoint, config.model_dir, config.patience, temp_dir=temp_dir)
   state = saver.load_state()
-  if saver.manager.latest_checkpoint:
-    checkpoint.restore(saver.manager.latest_checkpoint)
-    logging.info("Resumed from %s after epoch %d", saver.manager.latest_checkpoint,
-                 state["epoch"])
+  if saver.latest_checkpoint:
+    checkpoint.restore(saver.latest_checkpoint)
+    logging.info("Resumed from %s after epoch %d", saver.latest_checkpoint, state["epoch"])
 
   initial_epoch = state["epoch"]
   if not state["stopped"] and initial_epoch < config.epochs:
     num_records = input_lib.count_records(feature_config, paths.train)
     steps = input_lib.steps_per_epoch(num_records, config.batch_size)
-    if config.cache_in_memory:
-      train_dataset = input_lib.make_cached_dataset(
-          feature_config, paths.train, config.batch_size, seed=config.seed,
-          initial_epoch=initial_epoch, epochs=config.epochs)
+    train_input = _training_input(config, strategy, feature_config, paths, initial_epoch)
+    callbacks = [saver]
+    validation_data = None
+    if config.strategy == "parameter_server":
+      # Workers run only training steps; the chief scores the validation split.
+      callbacks.insert(0, ChiefValidation(
+          model, feature_config, _validation_dataset(config, feature_config, paths)))
     else:
-      train_dataset = input_lib.make_dataset(
-          feature_config, paths.train, config.batch_size, training=True,
-          seed=config.seed, initial_epoch=initial_epoch, epochs=config.epochs,
-          shuffle_buffer=config.shuffle_buffer)
-    callbacks = [saver, tf.keras.callbacks.TensorBoard(
-        os.path.join(config.model_dir, "logs"), profile_batch=0)]
-    model.fit(train_dataset, epochs=config.epochs, initial_epoch=initial_epoch,
-              steps_per_epoch=steps, validation_data=valid_dataset,
+      validation_data = _validation_input(config, feature_config, paths)
+    if chief:
+      callbacks.append(tf.keras.callbacks.TensorBoard(
+          os.path.join(config.model_dir, "logs"), profile_batch=0))
+    model.fit(train_input, epochs=config.epochs, initial_epoch=initial_epoch,
+              steps_per_epoch=steps, validation_data=validation_data,
               callbacks=callbacks, verbose=config.verbose)
 
-  if saver.best_manager.latest_checkpoint:
-    checkpoint.restore(saver.best_manager.latest_checkpoint).expect_partial()
+  if not chief:
+    return {"model_dir": config.model_dir, "chief": False}
+  best = saver.best_checkpoint
+  if config.strategy != "default":
+    # Evaluate and export on one device: the variables may sit on other tasks.
+    model = restore_model(config, feature_config, best or saver.latest_checkpoint)
+  elif best:
+    checkpoint.restore(best).expect_partial()
+  if best:
     logging.info("Restored the best epoch %s (val_auc_mean %.4f)",
                  saver.state["best_epoch"], saver.state["best"])
 
-  result = {"model_dir": config.model_dir, "best_epoch": saver.state["best_epoch"],
+  result = {"model_dir": config.model_dir, "chief": True,
+            "best_epoch": saver.state["best_epoch"],
             "parameter_counts": model.parameter_counts()}
   if paths.test:
     test_dataset = input_lib.make_dataset(
@@ -281,6 +364,115 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         warmup_rows=export_lib.read_warmup_rows(feature_config, paths.valid))
     logging.info("Exported the SavedModel to %s", result["export_path"])
   return result
+
+
+def _training_input(config: TrainConfig, strategy: tf.distribute.Strategy,
+                    feature_config: features_lib.FeatureConfig, paths: DataPaths,
+                    initial_epoch: int):
+  """Return the `x` of `model.fit`: a dataset, a distributed dataset or a DatasetCreator.
+
+  One pipeline ("default", "mirrored") yields global batches, which a mirrored
+  strategy splits over its replicas. Under the multi-worker strategies each worker
+  has its own pipeline, which reads the worker's share of the rows through
+  `tf.distribute.InputContext` and repeats it, so that no worker runs out of
+  batches. An epoch is then `steps_per_epoch` global steps, and a worker's stream
+  does not break at epoch ends.
+  """
+  stream = dict(seed=config.seed, initial_epoch=initial_epoch, epochs=config.epochs)
+  if config.strategy == "parameter_server":
+    # NOTE: the cached pipeline would capture all rows as constants of the function
+    # that the chief sends to every worker, so workers always read the files.
+    if config.cache_in_memory:
+      logging.info("cache_in_memory is ignored under strategy 'parameter_server'.")
+    dataset_fn = input_lib.input_fn(feature_config, paths.train, config.batch_size,
+                                    training=True, shuffle_buffer=config.shuffle_buffer,
+                                    **stream)
+    return tf.keras.utils.experimental.DatasetCreator(
+        lambda context: dataset_fn(context).repeat())
+
+  def make(batch_size: int, context: Optional[tf.distribute.InputContext] = None):
+    if config.cache_in_memory:
+      return input_lib.make_cached_dataset(feature_config, paths.train, batch_size,
+                                           input_context=context, **stream)
+    return input_lib.make_dataset(feature_config, paths.train, batch_size, training=True,
+                                  shuffle_buffer=config.shuffle_buffer,
+                                  input_context=context, **stream)
+
+  if config.strategy != "multi_worker_mirrored":
+    return make(config.batch_size)
+
+  def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+    return make(context.get_per_replica_batch_size(config.batch_size), context).repeat()
+
+  return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def _validation_dataset(config: TrainConfig, feature_config: features_lib.FeatureConfig,
+                        paths: DataPaths) -> tf.data.Dataset:
+  dataset = input_lib.make_dataset(feature_config, paths.valid, config.batch_size,
+                                   training=False)
+  return dataset.cache() if config.cache_in_memory else dataset
+
+
+def _validation_input(config: TrainConfig, feature_config: features_lib.FeatureConfig,
+                      paths: DataPaths) -> tf.data.Dataset:
+  """Return the `validation_data` of `model.fit` for every strategy but "parameter_server".
+
+  Under "multi_worker_mirrored", every worker reads the whole split and scores every
+  `num_workers`-th batch (`AutoShardPolicy.DATA`), and the metrics are summed over
+  workers. The split has fewer files than workers more often than not, which rules
+  out sharding by file.
+  """
+  dataset = _validation_dataset(config, feature_config, paths)
+  if config.strategy == "multi_worker_mirrored":
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    dataset = dataset.with_options(options)
+  return dataset
+
+
+class ChiefValidation(tf.keras.callbacks.Callback):
+  """Scores the validation split on the chief at every epoch end and logs `val_*`.
+
+  Under ParameterServerStrategy the workers run training steps only, so this callback
+  replaces the validation of `model.fit`. The values are exact (see
+  `evaluate_dataset`): `val_auc/<task>`, `val_logloss/<task>`, `val_gauc/<task>`,
+  per-domain AUC, and `val_auc_mean`, the mean AUC over tasks. Put it before the
+  callbacks that read these values.
+  """
+
+  def __init__(self, model: PEPNet, feature_config: features_lib.FeatureConfig,
+               dataset: tf.data.Dataset):
+    super().__init__()
+    self.scorer = model_scorer(model)
+    self.feature_config = feature_config
+    self.dataset = dataset
+
+  def on_epoch_end(self, epoch, logs=None):
+    if logs is None:
+      return
+    metrics = evaluate_dataset(self.scorer, self.feature_config, self.dataset)
+    logs.update({f"val_{name}": value for name, value in metrics.items()})
+    logs["val_auc_mean"] = float(np.mean(
+        [metrics[f"auc/{name}"] for name in self.feature_config.task_names]))
+
+
+def restore_model(config: TrainConfig, feature_config: features_lib.FeatureConfig,
+                  path: str) -> PEPNet:
+  """Build the model of `config` on one device and restore the checkpoint `path`.
+
+  A checkpoint written under any strategy restores here: a table sharded across
+  parameter servers is saved as one tensor, and so are the optimizer slots of its
+  shards. Optimizer slots are restored when an optimizer creates them.
+  """
+  if path is None:
+    raise FileNotFoundError(f"No checkpoint found in {config.model_dir}.")
+  model = build_model(config, feature_config)
+  model(_example_batch(feature_config))
+  make_checkpoint(model).restore(path).expect_partial()
+  logging.info("Restored %s", path)
+  return model
 
 
 def load_trained_model(model_dir: str, checkpoint: str = "best"):
@@ -302,8 +494,6 @@ def load_trained_model(model_dir: str, checkpoint: str = "best"):
   config = TrainConfig(**saved["train"])
   paths = DataPaths(**saved["data"])
   feature_config = features_lib.load(os.path.join(model_dir, "feature_config.json"))
-  model = build_model(config, feature_config)
-  model(_example_batch(feature_config))
 
   if checkpoint in ("best", "latest"):
     directory = os.path.join(model_dir, "best" if checkpoint == "best" else "checkpoints")
@@ -312,9 +502,7 @@ def load_trained_model(model_dir: str, checkpoint: str = "best"):
       raise FileNotFoundError(f"No checkpoint found in {directory}.")
   else:
     path = checkpoint
-  make_checkpoint(model).restore(path).expect_partial()
-  logging.info("Restored %s", path)
-  return model, feature_config, paths
+  return restore_model(config, feature_config, path), feature_config, paths
 
 
 def _example_batch(feature_config: features_lib.FeatureConfig) -> Dict[str, tf.Tensor]:

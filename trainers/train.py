@@ -8,6 +8,12 @@ Any other dataset:
       --valid=valid.csv --test=test.csv --model_dir=/tmp/pepnet
 
 Rerunning with the same --model_dir resumes from the last checkpoint.
+
+Distributed (docs/DISTRIBUTED.md): set TF_CONFIG in every task and run the same
+command with --strategy=multi_worker_mirrored (every task trains) or
+--strategy=parameter_server (the chief trains; worker and ps tasks serve), e.g.
+  TF_CONFIG='{"cluster": {...}, "task": {"type": "ps", "index": 0}}' \
+  python -m trainers.train --strategy=parameter_server --ps_shards=2 ...
 """
 
 from absl import app
@@ -15,6 +21,7 @@ from absl import flags
 from absl import logging
 
 import pepnet_tf  # noqa: F401  # selects Keras 2 before TensorFlow loads
+from pepnet_tf import distribute
 from pepnet_tf import training
 
 _DEFAULTS = training.TrainConfig(model_dir="")
@@ -61,6 +68,15 @@ flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of initialization and data or
 flags.DEFINE_bool("cache_in_memory", _DEFAULTS.cache_in_memory,
                   "Parse the training and validation files once and keep the batches "
                   "in memory; turn off for data that does not fit.")
+flags.DEFINE_enum("strategy", _DEFAULTS.strategy, list(distribute.STRATEGIES),
+                  "tf.distribute strategy; the cluster comes from the TF_CONFIG "
+                  "environment variable.")
+flags.DEFINE_integer("ps_shards", _DEFAULTS.ps_shards,
+                     "Maximum shards of an embedding table under --strategy="
+                     "parameter_server; defaults to the number of ps tasks.")
+flags.DEFINE_integer("min_shard_bytes", _DEFAULTS.min_shard_bytes,
+                     "Minimum size of an embedding table shard in bytes under "
+                     "--strategy=parameter_server.")
 flags.DEFINE_bool("export", _DEFAULTS.export, "Export a SavedModel at the end.")
 flags.DEFINE_integer("keep_exports", _DEFAULTS.keep_exports,
                      "Number of export versions kept under model_dir/export.")
@@ -95,6 +111,9 @@ def config_from_flags() -> training.TrainConfig:
       embedding_learning_rate=FLAGS.embedding_learning_rate,
       seed=FLAGS.seed,
       cache_in_memory=FLAGS.cache_in_memory,
+      strategy=FLAGS.strategy,
+      ps_shards=FLAGS.ps_shards,
+      min_shard_bytes=FLAGS.min_shard_bytes,
       export=FLAGS.export,
       keep_exports=FLAGS.keep_exports,
       verbose=FLAGS.verbose)
