@@ -1,4 +1,4 @@
-"""How PEPNet's training step time and memory grow with table rows and domains.
+"""Training step time and memory of PEPNet against table rows and domains.
 
 A synthetic dataset, described with `pepnet_tf.features.from_dict`: prior ids
 `user_id` (10,000 hash buckets) and `item_id` (`--rows_grid` hash buckets), six
@@ -70,7 +70,7 @@ EMBEDDING_DIM = 16
 
 
 def synthetic_config(item_rows: int, num_domains: int) -> features_lib.FeatureConfig:
-  """The feature config of the synthetic dataset."""
+  """Build the feature config of the synthetic dataset."""
   features = [
       {"name": "user_id", "group": "prior", "hash_buckets": USER_ROWS},
       {"name": "item_id", "group": "prior", "hash_buckets": item_rows},
@@ -182,20 +182,27 @@ def plot_sweep(points: List[Dict[str, Any]], x_key: str, x_label: str, log_x: bo
 
   figure = figure_lib.Figure(figsize=(10, 4), layout="constrained")
   time_axes, memory_axes = figure.subplots(1, 2)
-  for optimizer in dict.fromkeys(point["optimizer"] for point in points):
+  optimizers = list(dict.fromkeys(point["optimizer"] for point in points))
+  for index, optimizer in enumerate(optimizers):
+    color = f"C{index}"
     mine = sorted((point for point in points if point["optimizer"] == optimizer),
                   key=lambda point: point[x_key])
     xs = [point[x_key] for point in mine]
-    time_axes.plot(xs, [point["step_ms"] for point in mine], marker="o", label=optimizer)
+    time_axes.plot(xs, [point["step_ms"] for point in mine], marker="o", color=color,
+                   label=optimizer)
     memory_axes.plot(xs, [point["tables_mib"] + point["embedding_optimizer_mib"]
                           for point in mine],
-                     marker="o", label=f"{optimizer}: tables + Adagrad state")
+                     marker="o", color=color, label=f"{optimizer}: tables + Adagrad state")
     memory_axes.plot(xs, [point["peak_rss_mib"] for point in mine], marker="x",
-                     linestyle="--", label=f"{optimizer}: peak RSS")
+                     color=color, linestyle="--", label=f"{optimizer}: peak RSS")
+  grid_values = sorted({point[x_key] for point in points})
   for axes in (time_axes, memory_axes):
     axes.set_xlabel(x_label)
     if log_x:
       axes.set_xscale("log")
+    # Ticks at the measured values, written out in full (no powers of ten).
+    axes.set_xticks(grid_values, labels=[f"{value:,}" for value in grid_values])
+    axes.minorticks_off()
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8)
   time_axes.set_ylabel("training step (ms, batch 1024)")
