@@ -1,10 +1,10 @@
 """Feature lookups and embedding tables.
 
 Lookups (vocabulary, hashing, bucketizing) live in the model so that an exported
-model takes raw values. Lookup and row gathering are separate steps: the training
+model takes raw values. Lookup and row gathering are separate steps. The training
 step gathers the rows outside the gradient tape and takes the gradient with respect
-to the gathered rows, which lines up with the samples and so can be split by domain
-(see `pepnet_tf.optimizers.DomainAdagrad`).
+to the gathered rows. That gradient lines up with the samples, so it can be split
+by domain (see `pepnet_tf.optimizers.DomainAdagrad`).
 """
 
 from typing import Dict, List, Mapping

@@ -157,7 +157,7 @@ def resolve_data(config: TrainConfig) -> DataPaths:
 
 
 def build_model(config: TrainConfig, feature_config: features_lib.FeatureConfig) -> PEPNet:
-  """A compiled PEPNet with the optimizers that `config` names."""
+  """Build a compiled PEPNet with the optimizers that `config` names."""
   embedding_optimizer = None
   if config.embedding_optimizer != "adam":
     embedding_optimizer = optimizers_lib.DomainAdagrad(
@@ -181,7 +181,7 @@ def build_model(config: TrainConfig, feature_config: features_lib.FeatureConfig)
 
 
 def make_checkpoint(model: PEPNet) -> tf.train.Checkpoint:
-  """A checkpoint of the weights and every optimizer state of `model`."""
+  """Create a checkpoint of the weights and every optimizer state of `model`."""
   return tf.train.Checkpoint(
       model=model, optimizer=model.optimizer, embedding_optimizer=model.embedding_optimizer
       if model.embedding_optimizer is not None else tf.Module())
@@ -190,7 +190,7 @@ def make_checkpoint(model: PEPNet) -> tf.train.Checkpoint:
 class EpochCheckpoint(tf.keras.callbacks.Callback):
   """Checkpoints every epoch and stops early on a monitored validation metric.
 
-  Keras' EarlyStopping forgets its counters when a run restarts, so this callback
+  Keras' EarlyStopping resets its counters when a run restarts, so this callback
   keeps them in a JSON file beside the checkpoints: a resumed run stops at the same
   epoch as an uninterrupted one.
 
