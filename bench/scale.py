@@ -43,6 +43,7 @@ import tensorflow as tf
 
 from pepnet_tf import features as features_lib
 from pepnet_tf import training
+from timing import EpochTimer  # bench/timing.py, beside this script
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("rows_grid", ["10000", "100000", "1000000", "4000000"],
@@ -112,19 +113,6 @@ def synthetic_batches(item_rows: int, num_domains: int, num_rows: int, batch_siz
   return dataset.batch(batch_size, drop_remainder=True).cache().repeat()
 
 
-class _EpochTimer(tf.keras.callbacks.Callback):
-
-  def __init__(self):
-    super().__init__()
-    self.durations = []
-
-  def on_epoch_begin(self, epoch, logs=None):
-    self._start = time.perf_counter()
-
-  def on_epoch_end(self, epoch, logs=None):
-    self.durations.append(time.perf_counter() - self._start)
-
-
 def _mib(variables) -> float:
   return sum(var.shape.num_elements() * var.dtype.size for var in variables) / 2**20
 
@@ -138,7 +126,7 @@ def measure_point(item_rows: int, num_domains: int, optimizer: str) -> Dict[str,
   model = training.build_model(config, feature_config)
   dataset = synthetic_batches(item_rows, num_domains, FLAGS.steps * FLAGS.batch_size,
                               FLAGS.batch_size, FLAGS.zipf)
-  timer = _EpochTimer()
+  timer = EpochTimer()
   model.fit(dataset, epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps, callbacks=[timer],
             verbose=0)
   step_ms = [duration / FLAGS.steps * 1e3 for duration in timer.durations[1:]]

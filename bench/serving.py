@@ -99,7 +99,7 @@ def train_and_export(model_dir: str) -> str:
                        f"{' '.join(command)}\n{completed.stderr[-5000:]}")
   path = export_lib.latest_export(export_base)
   if path is None:
-    raise FileNotFoundError(f"Training finished but {export_base} holds no export.")
+    raise FileNotFoundError(f"Training finished but {export_base} contains no export.")
   return path
 
 

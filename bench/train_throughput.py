@@ -22,6 +22,7 @@ import tensorflow as tf
 from pepnet_tf import features as features_lib
 from pepnet_tf import input as input_lib
 from pepnet_tf import training
+from timing import EpochTimer  # bench/timing.py, beside this script
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("epochs", 4, "Epochs per measurement; the first one is not timed.")
@@ -32,26 +33,13 @@ flags.DEFINE_list("optimizers", ["per_domain", "shared", "adam"],
 flags.DEFINE_string("data_dir", None, "Prepared MovieLens-100K; default cache if unset.")
 
 
-class _EpochTimer(tf.keras.callbacks.Callback):
-
-  def __init__(self):
-    super().__init__()
-    self.durations = []
-
-  def on_epoch_begin(self, epoch, logs=None):
-    self._start = time.perf_counter()
-
-  def on_epoch_end(self, epoch, logs=None):
-    self.durations.append(time.perf_counter() - self._start)
-
-
 def _measure(optimizer: str, dataset, steps: int, num_examples: int, paths) -> float:
   """Examples/second of the epochs after the first, for one fresh model."""
   config = training.TrainConfig(model_dir="", embedding_optimizer=optimizer,
                                 batch_size=FLAGS.batch_size)
   feature_config = features_lib.load(paths.feature_config)
   model = training.build_model(config, feature_config)
-  timer = _EpochTimer()
+  timer = EpochTimer()
   model.fit(dataset, epochs=FLAGS.epochs, steps_per_epoch=steps, callbacks=[timer],
             verbose=0)
   return num_examples * (FLAGS.epochs - 1) / sum(timer.durations[1:])

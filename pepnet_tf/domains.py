@@ -8,7 +8,7 @@ UNKNOWN_DOMAIN = -1
 
 
 def domain_table(config: features_lib.FeatureConfig) -> tf.lookup.StaticHashTable:
-  """A table from each value of `config.domain.values` to its index, -1 if unknown."""
+  """Build a table from each value of `config.domain.values` to its index, -1 if unknown."""
   key_dtype = tf.string if config.domain_feature.dtype == "string" else tf.int64
   keys = tf.constant(config.domain.values, dtype=key_dtype)
   indices = tf.range(config.num_domains, dtype=tf.int32)

@@ -10,7 +10,7 @@ belongs to exactly one group:
 - "prior": the most personalized ids (user id, item id, author id). Their embeddings
   form `O_prior`, read by PPNet's gates. Generic features do not belong here: the
   gates help because they see who the user and the item are.
-- "domain": the single feature that says which domain a sample comes from.
+- "domain": the single feature that names the domain a sample comes from.
 - "label": one binary label per task; 1 positive, 0 negative, missing masks the task.
 
 Example:
@@ -187,7 +187,7 @@ class FeatureConfig:
     return spec.embedding_dim if spec.embedding_dim is not None else self.embedding_dim
 
   def vocabulary_of(self, spec: FeatureSpec) -> Optional[List[Any]]:
-    """The vocabulary of `spec`, read from its file if it has one."""
+    """Return the vocabulary of `spec`, read from its file if it has one."""
     if spec.vocabulary is not None:
       return list(spec.vocabulary)
     if spec.vocabulary_file is None:
@@ -206,7 +206,7 @@ class FeatureConfig:
         return [int(value) for value in values]
       except ValueError as error:
         raise FeatureConfigError(
-            f"vocabulary_file {path!r} of int64 feature {spec.name!r} holds a value that "
+            f"vocabulary_file {path!r} of int64 feature {spec.name!r} contains a value that "
             f"is not an integer: {error}") from error
     return values
 

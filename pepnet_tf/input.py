@@ -224,7 +224,7 @@ def make_cached_dataset(config: FeatureConfig,
 
   The files are read and checked once by the evaluation pipeline of `make_dataset`,
   and their columns are kept in memory. Every epoch then gathers its batches from a
-  permutation of all rows that depends only on `(seed, epoch)`, so a resumed run sees
+  permutation of all rows that depends only on `(seed, epoch)`, so a resumed run gets
   the same batches as an uninterrupted one, and no batch spans two epochs. Parsing is
   most of the input cost, so this is several times faster than `make_dataset` for
   data that fits in memory; the row order differs from `make_dataset`'s.

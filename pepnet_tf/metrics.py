@@ -84,7 +84,7 @@ def ranking_metrics(task_names: Sequence[str],
                     domain_index: np.ndarray,
                     num_domains: int,
                     user_ids: Optional[np.ndarray] = None) -> Dict[str, float]:
-  """All metrics of a split, keyed as in the metrics file.
+  """Compute all metrics of a split, keyed as in the metrics file.
 
   Keys: `auc/<task>`, `auc/<task>/domain_<k>`, `logloss/<task>`, and `gauc/<task>`
   when `user_ids` is given. Samples whose label is missing (negative) are left out

@@ -1,9 +1,10 @@
 """Training, evaluation and export of PEPNet, callable from tests and trainers.
 
-`train(TrainConfig(...))` prepares the data if needed, trains with `model.fit` and
-early stopping on the mean validation AUC over tasks, checkpoints every epoch
-(rerunning with the same `model_dir` resumes), restores the best epoch, evaluates on
-the test split, writes `eval/test_metrics.json` and exports a SavedModel.
+`train(TrainConfig(...))` prepares the data if needed and trains with `model.fit`,
+stopping early on the mean validation AUC over tasks. It checkpoints every epoch, so
+rerunning with the same `model_dir` resumes. At the end it restores the best epoch,
+evaluates on the test split, writes `eval/test_metrics.json` and exports a
+SavedModel.
 
 `TrainConfig.strategy` selects a `tf.distribute` strategy (see
 `pepnet_tf.distribute`). Under every strategy other than "default", only the chief
@@ -84,9 +85,9 @@ class TrainConfig:
   epochs: int = 30
   patience: int = 3
   hidden_units: List[int] = dataclasses.field(default_factory=lambda: [128, 64])
-  # From a sweep on MovieLens-100K (docs/BENCHMARKS.md): one EPNet gate value per
-  # field raised the mean validation AUC from about 0.789 to 0.794 over element mode;
-  # dropout 0.1 to 0.2 tied on validation.
+  # From a sweep on MovieLens-100K (docs/BENCHMARKS.md). One EPNet gate value per
+  # field raised the mean validation AUC from about 0.789 to 0.794 over element mode,
+  # and dropout 0.1 to 0.2 tied on validation.
   epnet_mode: str = "field"
   gate_hidden_units: Optional[int] = None
   gamma: float = 2.0
@@ -506,7 +507,7 @@ def load_trained_model(model_dir: str, checkpoint: str = "best"):
 
 
 def _example_batch(feature_config: features_lib.FeatureConfig) -> Dict[str, tf.Tensor]:
-  """One row of placeholder values that creates every weight of the model."""
+  """Build one row of placeholder values, enough to create every weight of the model."""
   batch = {}
   for spec in feature_config.input_features:
     if spec.name == feature_config.domain.feature:
@@ -574,7 +575,7 @@ def _domain_indices(values: np.ndarray,
 
 def format_metrics_table(metrics: Mapping[str, float],
                          feature_config: features_lib.FeatureConfig) -> str:
-  """A text table: one row per task, AUC, GAUC, log loss and AUC per domain."""
+  """Format a text table with one row per task: AUC, GAUC, log loss, AUC per domain."""
   domain_columns = [f"auc d{index}" for index in range(feature_config.num_domains)]
   header = ["task", "auc", "gauc", "logloss"] + domain_columns
   rows = []

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from data import movielens
+import movielens_run
 from pepnet_tf import export as export_lib
 from pepnet_tf import features as features_lib
 from pepnet_tf import input as input_lib
@@ -152,23 +152,10 @@ class ExportTest(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.temp_dir = tempfile.mkdtemp(prefix="pepnet_export_test_")
-    data_dir = movielens.prepare(
-        os.path.join(cls.temp_dir, "data"),
-        cache_dir=os.path.join(movielens.default_data_dir(), "downloads"))
-    small_train = os.path.join(cls.temp_dir, "train_small.tfrecord")
-    with tf.io.TFRecordWriter(small_train) as writer:
-      for record in tf.data.TFRecordDataset(
-          os.path.join(data_dir, "train.tfrecord")).take(_TRAIN_ROWS):
-        writer.write(record.numpy())
-
-    cls.model_dir = os.path.join(cls.temp_dir, "run")
-    cls.valid_files = [os.path.join(data_dir, "valid.tfrecord")]
-    result = training.train(training.TrainConfig(
-        model_dir=cls.model_dir,
-        feature_config=os.path.join(data_dir, "feature_config.json"),
-        train_files=[small_train], valid_files=cls.valid_files,
-        epochs=1, batch_size=256, hidden_units=[16], verbose=0))
+    result = movielens_run.train_small_model("pepnet_export_test_", _TRAIN_ROWS)
+    cls.temp_dir = result["temp_dir"]
+    cls.model_dir = result["model_dir"]
+    cls.valid_files = result["valid_files"]
     cls.export_path = result["export_path"]
     cls.model, cls.config, _ = training.load_trained_model(cls.model_dir)
     cls.rows = serving.read_rows(cls.config, cls.valid_files, count=64)

@@ -15,7 +15,10 @@ def _pairwise_auc(labels, scores):
   negatives = [s for l, s in zip(labels, scores) if l == 0]
   wins = 0.0
   for positive, negative in itertools.product(positives, negatives):
-    wins += 1.0 if positive > negative else 0.5 if positive == negative else 0.0
+    if positive > negative:
+      wins += 1.0
+    elif positive == negative:
+      wins += 0.5
   return wins / (len(positives) * len(negatives))
 
 

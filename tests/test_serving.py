@@ -18,7 +18,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import pepnet_tf  # selects Keras 2 before TensorFlow resolves tf.keras
 
@@ -30,7 +29,7 @@ from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from data import movielens
+import movielens_run
 from pepnet_tf import serving
 from pepnet_tf import training
 
@@ -112,23 +111,10 @@ class ServingTest(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.temp_dir = tempfile.mkdtemp(prefix="pepnet_serving_test_")
-    data_dir = movielens.prepare(
-        os.path.join(cls.temp_dir, "data"),
-        cache_dir=os.path.join(movielens.default_data_dir(), "downloads"))
-    small_train = os.path.join(cls.temp_dir, "train_small.tfrecord")
-    with tf.io.TFRecordWriter(small_train) as writer:
-      for record in tf.data.TFRecordDataset(
-          os.path.join(data_dir, "train.tfrecord")).take(_TRAIN_ROWS):
-        writer.write(record.numpy())
-
-    cls.model_dir = os.path.join(cls.temp_dir, "run")
-    cls.valid_files = [os.path.join(data_dir, "valid.tfrecord")]
-    result = training.train(training.TrainConfig(
-        model_dir=cls.model_dir,
-        feature_config=os.path.join(data_dir, "feature_config.json"),
-        train_files=[small_train], valid_files=cls.valid_files,
-        epochs=1, batch_size=256, hidden_units=[16], verbose=0))
+    result = movielens_run.train_small_model("pepnet_serving_test_", _TRAIN_ROWS)
+    cls.temp_dir = result["temp_dir"]
+    cls.model_dir = result["model_dir"]
+    cls.valid_files = result["valid_files"]
     cls.model, cls.config, _ = training.load_trained_model(cls.model_dir)
     cls.loaded = tf.saved_model.load(result["export_path"])
     cls.rows = serving.read_rows(cls.config, cls.valid_files, count=16)

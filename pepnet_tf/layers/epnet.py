@@ -14,7 +14,7 @@ _MODES = ("element", "field")
 class EPNet(tf.keras.layers.Layer):
   """Embedding Personalized Network (EPNet) of PEPNet.
 
-  Scales the general embeddings `E` with a gate that sees the domain-side features:
+  Scales the general embeddings `E` with a gate that reads the domain-side features:
 
       delta_domain = GateNU(E_d ⊕ stop_gradient(E))
       O_ep = delta_domain ⊙ E
