@@ -55,6 +55,8 @@ class TrainConfig:
     epnet_mode, gate_hidden_units, gamma, dropout, use_epnet, use_ppnet,
       ppnet_gate_input, prior_in_towers: model options, see `pepnet_tf.model.PEPNet`.
     dense_learning_rate: Adam learning rate of the dense weights.
+    steps_per_execution: training steps that one call of the compiled training
+      function runs; more steps spend less time in Python between steps.
     embedding_optimizer: "per_domain" (one Adagrad per domain), "shared" (one
       Adagrad) or "adam" (tables learn with the dense Adam, a baseline).
     embedding_learning_rate: Adagrad learning rate of the tables.
@@ -97,6 +99,7 @@ class TrainConfig:
   ppnet_gate_input: str = "prior"
   prior_in_towers: bool = True
   dense_learning_rate: float = 1e-3
+  steps_per_execution: int = 1
   embedding_optimizer: str = "per_domain"
   embedding_learning_rate: float = 0.05
   seed: int = 2023
@@ -120,7 +123,8 @@ class TrainConfig:
           "another dataset pass feature_config, train_files, valid_files and test_files.")
     if self.feature_config is not None and not (self.train_files and self.valid_files):
       raise ValueError("With feature_config, train_files and valid_files are required.")
-    for name in ("batch_size", "epochs", "patience", "min_shard_bytes"):
+    for name in ("batch_size", "epochs", "patience", "min_shard_bytes",
+                 "steps_per_execution"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1. Received: {getattr(self, name)!r}")
     if self.strategy not in distribute_lib.STRATEGIES:
@@ -177,7 +181,8 @@ def build_model(config: TrainConfig, feature_config: features_lib.FeatureConfig)
       ppnet_gate_input=config.ppnet_gate_input,
       prior_in_towers=config.prior_in_towers,
       embedding_optimizer=embedding_optimizer)
-  model.compile(optimizer=tf.keras.optimizers.Adam(config.dense_learning_rate))
+  model.compile(optimizer=tf.keras.optimizers.Adam(config.dense_learning_rate),
+                steps_per_execution=config.steps_per_execution)
   return model
 
 

@@ -58,6 +58,8 @@ flags.DEFINE_bool("prior_in_towers", _DEFAULTS.prior_in_towers,
                   "gates.")
 flags.DEFINE_float("dense_learning_rate", _DEFAULTS.dense_learning_rate,
                    "Adam learning rate of the dense weights.")
+flags.DEFINE_integer("steps_per_execution", _DEFAULTS.steps_per_execution,
+                     "Training steps run by one call of the compiled training function.")
 flags.DEFINE_enum("embedding_optimizer", _DEFAULTS.embedding_optimizer,
                   list(training.EMBEDDING_OPTIMIZER_CHOICES),
                   "Optimizer of the embedding tables: one Adagrad per domain, one shared "
@@ -107,6 +109,7 @@ def config_from_flags() -> training.TrainConfig:
       ppnet_gate_input=FLAGS.ppnet_gate_input,
       prior_in_towers=FLAGS.prior_in_towers,
       dense_learning_rate=FLAGS.dense_learning_rate,
+      steps_per_execution=FLAGS.steps_per_execution,
       embedding_optimizer=FLAGS.embedding_optimizer,
       embedding_learning_rate=FLAGS.embedding_learning_rate,
       seed=FLAGS.seed,
