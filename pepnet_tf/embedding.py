@@ -45,6 +45,12 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
     self.config = config
     self.embeddings_initializer = tf.keras.initializers.get(embeddings_initializer)
     self.specs = [spec for spec in config.features if spec.is_embedded]
+    pending = [spec.name for spec in self.specs if spec.needs_admission]
+    if pending:
+      raise features_lib.FeatureConfigError(
+          f"Features {pending} admit their vocabulary from training counts, and the "
+          "config holds no admitted vocabulary yet. Resolve it first with "
+          "`pepnet_tf.admission.admit_vocabularies`, as the trainer does.")
     self.lookups = {spec.name: _make_lookup(config, spec) for spec in self.specs}
     self.table_sizes = {spec.name: _table_size(config, spec) for spec in self.specs}
     self.domain_name = config.domain.feature

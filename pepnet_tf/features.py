@@ -57,6 +57,15 @@ class FeatureSpec:
   (numeric features, bucketized). Values outside a vocabulary share
   `num_oov_buckets` buckets, chosen by hashing.
 
+  A vocabulary can also be admitted from training counts: with `min_frequency` or
+  `max_vocabulary_size` set, the trainer counts the values of the training data (and
+  of earlier passes within the admission window, see `pepnet_tf.admission`), keeps
+  those seen at least `min_frequency` times, the most frequent first, at most
+  `max_vocabulary_size` of them, and writes the result as the feature's vocabulary.
+  A config that sets both these fields and a vocabulary is one that the trainer
+  resolved: models built from it use the vocabulary as is, and the next training
+  run counts again.
+
   Attributes:
     name: column name in the data.
     group: one of `GROUPS`.
@@ -67,6 +76,9 @@ class FeatureSpec:
     num_oov_buckets: number of hashed buckets for values outside the vocabulary.
     hash_buckets: number of buckets when the value is hashed without a vocabulary.
     boundaries: sorted bucket boundaries for a numeric value.
+    min_frequency: admit a value into the vocabulary when it occurs at least this
+      many times in the counted training data.
+    max_vocabulary_size: admit at most this many values, the most frequent first.
     embedding_dim: width of this feature's embedding; defaults to the config's.
     default: value used where the column is empty; None makes an empty value an error
       (labels default to missing).
@@ -81,6 +93,8 @@ class FeatureSpec:
   num_oov_buckets: int = 1
   hash_buckets: Optional[int] = None
   boundaries: Optional[List[float]] = None
+  min_frequency: Optional[int] = None
+  max_vocabulary_size: Optional[int] = None
   embedding_dim: Optional[int] = None
   default: Any = None
   weight: float = 1.0
@@ -90,9 +104,21 @@ class FeatureSpec:
     return self.group in ("general", "domain_side", "prior")
 
   @property
+  def admits_from_counts(self) -> bool:
+    """Whether the trainer builds this feature's vocabulary from training counts."""
+    return self.min_frequency is not None or self.max_vocabulary_size is not None
+
+  @property
+  def needs_admission(self) -> bool:
+    """Whether the vocabulary is still to be admitted: no model can be built yet."""
+    return (self.admits_from_counts and self.vocabulary is None
+            and self.vocabulary_file is None)
+
+  @property
   def encoding(self) -> Optional[str]:
     """"vocabulary", "hash", "buckets", or None for domain and label columns."""
-    if self.vocabulary is not None or self.vocabulary_file is not None:
+    if (self.vocabulary is not None or self.vocabulary_file is not None
+        or self.admits_from_counts):
       return "vocabulary"
     if self.hash_buckets is not None:
       return "hash"
@@ -185,6 +211,11 @@ class FeatureConfig:
 
   def embedding_dim_of(self, spec: FeatureSpec) -> int:
     return spec.embedding_dim if spec.embedding_dim is not None else self.embedding_dim
+
+  @property
+  def needs_admission(self) -> bool:
+    """Whether some vocabulary is still to be admitted from training counts."""
+    return any(spec.needs_admission for spec in self.features)
 
   def vocabulary_of(self, spec: FeatureSpec) -> Optional[List[Any]]:
     """Return the vocabulary of `spec`, read from its file if it has one."""
@@ -289,15 +320,18 @@ def _validate_feature(spec: FeatureSpec) -> None:
     raise FeatureConfigError(
         f"Unknown dtype {spec.dtype!r} for {where}. Known dtypes: {list(DTYPES)}")
 
+  admission = [name for name in ("min_frequency", "max_vocabulary_size")
+               if getattr(spec, name) is not None]
   encodings = [name for name, value in (("vocabulary", spec.vocabulary),
                                         ("vocabulary_file", spec.vocabulary_file),
                                         ("hash_buckets", spec.hash_buckets),
                                         ("boundaries", spec.boundaries))
                if value is not None]
   if spec.group in ("domain", "label"):
-    if encodings:
+    if encodings or admission:
       raise FeatureConfigError(
-          f"{where} has group {spec.group!r}, which takes no encoding. Received: {encodings}")
+          f"{where} has group {spec.group!r}, which takes no encoding. "
+          f"Received: {encodings + admission}")
     if spec.group == "label" and spec.dtype == "string":
       raise FeatureConfigError(f"Label {where} must be int64 or float32 0/1, not string.")
     if spec.group == "domain" and spec.dtype == "float32":
@@ -306,10 +340,27 @@ def _validate_feature(spec: FeatureSpec) -> None:
       raise FeatureConfigError(f"Label {where} needs a weight >= 0. Received: {spec.weight!r}")
     return
 
-  if len(encodings) != 1:
+  if admission:
+    if any(name in encodings for name in ("hash_buckets", "boundaries")):
+      raise FeatureConfigError(
+          f"{where} sets {admission}, which admit a vocabulary from training counts, "
+          f"together with {encodings}; admission applies to vocabularies only.")
+    if spec.dtype == "float32":
+      raise FeatureConfigError(
+          f"{where} is float32; admission from counts needs an int64 or string feature.")
+    for name in admission:
+      value = getattr(spec, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise FeatureConfigError(f"{where} needs {name} >= 1. Received: {value!r}")
+    if len(encodings) > 1:
+      raise FeatureConfigError(
+          f"{where} needs at most one of vocabulary and vocabulary_file. "
+          f"Received: {encodings}")
+  elif len(encodings) != 1:
     raise FeatureConfigError(
-        f"{where} needs exactly one of vocabulary, vocabulary_file, hash_buckets or "
-        f"boundaries. Received: {encodings or 'none'}")
+        f"{where} needs exactly one of vocabulary, vocabulary_file, hash_buckets, "
+        f"boundaries, or min_frequency / max_vocabulary_size (a vocabulary admitted "
+        f"from training counts). Received: {encodings or 'none'}")
   if spec.embedding_dim is not None and (
       not isinstance(spec.embedding_dim, int) or spec.embedding_dim < 1):
     raise FeatureConfigError(
