@@ -15,6 +15,8 @@ Commands:
 
     python -m data.kuairand download --dest=DIR [--url=URL]
     python -m data.kuairand prepare --src=DIR --out=OUT [--split=date|random] ...
+    python -m data.kuairand prepare --src=DIR --out=OUT --split=passes [--pass_days=1]
+        [--valid_fraction=0.1] [--seed=2023] ...
 
 Definition, one sample per log row:
 
@@ -53,6 +55,34 @@ Definition, one sample per log row:
   becomes `test_random`: under the date split only its rows after
   `--valid_end_date` (the test period), under the random split all of them.
 
+Daily passes (`--split=passes`), for training in passes that warm-start from the
+previous one. Records have the same columns and encodings as above, but:
+
+- periods: period k holds the standard-log rows dated [d0 + k * pass_days, d0 +
+  (k + 1) * pass_days), d0 being the earliest date. Pass i (`OUT/pass_00i`) trains on
+  the i-th period with rows and tests on all rows of the next period with rows, so
+  the last such period is a test set only. A period without rows is merged into the
+  next period with rows, so the pass dates have no gaps.
+  `valid_fraction` of the training period's rows, by the uniform draws of
+  `numpy.random.default_rng(seed)` taken in file order (one per standard-log row,
+  valid when below the fraction), are the pass's validation rows. Random-log rows of
+  the test period become `test_random`, written only where there are some.
+- statistics: those of pass i count the training rows (not the validation rows) of
+  passes 1..i, with the training click rate of those rows as the prior. A training
+  row leaves itself out, and validation and test rows see all of them.
+- domains: fixed for every pass, see `build_pass_domain_map`: the tabs of the first
+  pass's training rows with at least `--min_tab_rows` rows, plus `OTHER_TAB`,
+  which is always present and, by default, the fallback for tabs first seen later.
+- feature config: one `OUT/feature_config.json` for every pass. Vocabulary
+  features have no vocabulary but `min_frequency` (`PRIOR_MIN_FREQUENCY` and
+  `PRIOR_OOV_BUCKETS` hashed buckets for the prior ids, `GENERAL_MIN_FREQUENCY`
+  for the others), so the trainer admits them from each pass's training counts.
+  Bucketized features keep the same boundaries in every pass, chosen as described in
+  `build_pass_feature_config`.
+- outputs: `OUT/pass_NNN/<split>-<shard>-of-<shards>.tfrecord`, OUT/feature_config.json,
+  OUT/stats.json (rows and positive rates per pass, split and domain) and
+  OUT/passes.json, the list of passes with their dates and row counts, written last.
+
 Outputs in OUT: `<split>-<shard>-of-<shards>.tfrecord` (uncompressed tf.train.Example,
 rows dealt round-robin to the shards of their split), `feature_config.json`,
 `vocab/*.txt` and `stats.json` (rows and positive rates per split and domain). Every
@@ -60,15 +90,19 @@ record also has the columns raw_tab, date and time_ms, which the config does not
 
 The logs are read row by row with the csv module, twice: the first pass counts the
 training statistics, the second writes the records. Memory grows with the number of
-distinct users, videos and (id, tab) pairs, not with the number of rows.
+distinct users, videos and (id, tab) pairs, not with the number of rows; in the pass
+layout with the number of distinct (date, id, tab) triples of training rows.
 """
 
+import bisect
 import collections
 import csv
 import dataclasses
+import datetime
 import glob
 import hashlib
 import http.client
+import itertools
 import json
 import os
 import re
@@ -729,19 +763,22 @@ def parse_fallback_tab(value: str) -> Any:
 
 
 class RandomSplitter:
-  """Assigns rows to train/valid/test with probabilities 0.8/0.1/0.1 in file order.
+  """Assigns rows to splits at random, by default train/valid/test 0.8/0.1/0.1.
 
   Row i gets the i-th uniform draw of `numpy.random.default_rng(seed)`, drawn in
   fixed blocks, so two passes over the same files assign every row the same split.
+  The row goes to the first split whose cumulative fraction exceeds the draw.
   """
 
   _BLOCK = 65536
 
-  def __init__(self, seed: int):
+  def __init__(self, seed: int, fractions: Sequence[float] = RANDOM_SPLIT_FRACTIONS,
+               names: Sequence[str] = SPLITS):
     self._rng = np.random.default_rng(seed)
     self._draws: List[float] = []
     self._next = 0
-    self._cuts = np.cumsum(RANDOM_SPLIT_FRACTIONS)[:-1].tolist()
+    self._cuts = np.cumsum(fractions)[:-1].tolist()
+    self._names = list(names)
 
   def __call__(self, row: LogRow) -> str:
     del row  # the split depends on the row's position only
@@ -750,9 +787,10 @@ class RandomSplitter:
       self._next = 0
     draw = self._draws[self._next]
     self._next += 1
-    if draw < self._cuts[0]:
-      return "train"
-    return "valid" if draw < self._cuts[1] else "test"
+    for cut, name in zip(self._cuts, self._names):
+      if draw < cut:
+        return name
+    return self._names[-1]
 
 
 def date_splitter(options: PrepareOptions):
@@ -1073,15 +1111,8 @@ def build_vocabularies(counts: TrainingCounts, domains: DomainMap,
   for position, name in enumerate(VIDEO_FEATURES):
     values[name] = sorted({info.categories[position] for info in train_videos} - {""})
 
-  durations, weights = [], []
-  for video, rows in counts.video_rows.items():
-    info = videos.get(video)
-    if info is not None and info.duration != UNKNOWN_DURATION:
-      durations.append(info.duration)
-      weights.append(rows)
-  # The boundary 0 gives unknown durations (-1) a bucket of their own.
-  duration_cuts = weighted_quantile_boundaries(durations, weights, options.num_buckets)
-  boundaries = {"video_duration": sorted({0.0, *duration_cuts})}
+  boundaries = {"video_duration": duration_boundaries(counts.video_rows, videos,
+                                                      options.num_buckets)}
 
   prior_rate = counts.label_sums[0] / counts.rows
   for prefix, table in (("user_tab", counts.user_tab), ("video_tab", counts.video_tab)):
@@ -1090,6 +1121,22 @@ def build_vocabularies(counts: TrainingCounts, domains: DomainMap,
     for statistic, statistic_cuts in cuts.items():
       boundaries[f"{prefix}_{statistic}"] = statistic_cuts
   return Vocabularies(values=values, boundaries=boundaries)
+
+
+def duration_boundaries(video_rows: Mapping[int, int], videos: Mapping[int, VideoInfo],
+                        num_buckets: int) -> List[float]:
+  """Return the video_duration boundaries: quantiles over the rows counted per video.
+
+  The boundary 0 gives unknown durations (-1) a bucket of their own.
+  """
+  durations, weights = [], []
+  for video, rows in video_rows.items():
+    info = videos.get(video)
+    if info is not None and info.duration != UNKNOWN_DURATION:
+      durations.append(info.duration)
+      weights.append(rows)
+  cuts = weighted_quantile_boundaries(durations, weights, num_buckets)
+  return sorted({0.0, *cuts})
 
 
 def build_feature_config(vocabularies: Vocabularies, domains: DomainMap
@@ -1117,19 +1164,33 @@ def build_feature_config(vocabularies: Vocabularies, domains: DomainMap
       spec["vocabulary"] = values
     return spec
 
+  config = assemble_feature_config(vocabulary_spec, vocabularies.boundaries, domains)
+  return config, vocabulary_files
+
+
+def assemble_feature_config(vocabulary_spec, boundaries: Mapping[str, List[float]],
+                            domains: DomainMap) -> features_lib.FeatureConfig:
+  """Build and validate the config from the spec of each vocabulary feature.
+
+  Args:
+    vocabulary_spec: function of (name, group, dtype) that returns the JSON spec of
+      a prior id, of a table column or of `hour`.
+    boundaries: boundaries of video_duration and of every `DOMAIN_SIDE_FEATURES`.
+    domains: the domain values and the fallback.
+  """
   specs = [vocabulary_spec(name, "prior", "int64") for name in PRIOR_FEATURES]
   specs += [vocabulary_spec(name, "general", "string")
             for name in USER_FEATURES + VIDEO_FEATURES]
   specs.append({"name": "video_duration", "group": "general", "dtype": "float32",
-                "boundaries": vocabularies.boundaries["video_duration"]})
+                "boundaries": boundaries["video_duration"]})
   specs.append(vocabulary_spec("hour", "general", "int64"))
   for name in DOMAIN_SIDE_FEATURES:
     specs.append({"name": name, "group": "domain_side", "dtype": "float32",
-                  "boundaries": vocabularies.boundaries[name]})
+                  "boundaries": boundaries[name]})
   specs.append({"name": DOMAIN_FEATURE, "group": "domain", "dtype": "int64"})
   specs += [{"name": task, "group": "label", "dtype": "int64"} for task in TASKS]
 
-  config = features_lib.from_dict({
+  return features_lib.from_dict({
       "name": DATASET_NAME,
       "format": "tfrecord",
       "embedding_dim": EMBEDDING_DIM,
@@ -1138,7 +1199,6 @@ def build_feature_config(vocabularies: Vocabularies, domains: DomainMap
       "user_id_feature": "user_id",
       "features": specs,
   })
-  return config, vocabulary_files
 
 
 # ---------------------------------------------------------------------------
@@ -1229,7 +1289,18 @@ class RecordEncoder:
     self.unknown_users = _UnknownIds()
     self.unknown_videos = _UnknownIds()
 
-  def encode(self, row: LogRow, domain: int, is_train: bool) -> bytes:
+  def encode(self, row: LogRow, domain: int, is_train: bool,
+             statistics: Optional[Tuple[float, ...]] = None) -> bytes:
+    """Serialize `row` with its domain-side statistics.
+
+    Args:
+      row: the log row.
+      domain: the row's domain value.
+      is_train: whether the row is a training row, which leaves itself out of its
+        statistics.
+      statistics: the six `DOMAIN_SIDE_FEATURES` values; None computes them from the
+        encoder's training statistics.
+    """
     user_values = self.users.get(row.user_id)
     if user_values is None:
       self.unknown_users.add(row.user_id)
@@ -1240,11 +1311,12 @@ class RecordEncoder:
       video_values = self.default_video
     author, duration, video_categories = video_values
     click = row.labels[0]
-    statistics = (
-        row_statistics(self.user_stats.get((row.user_id, domain)), click, is_train,
-                       self.prior_rate)
-        + row_statistics(self.video_stats.get((row.video_id, domain)), click, is_train,
-                         self.prior_rate))
+    if statistics is None:
+      statistics = (
+          row_statistics(self.user_stats.get((row.user_id, domain)), click, is_train,
+                         self.prior_rate)
+          + row_statistics(self.video_stats.get((row.video_id, domain)), click, is_train,
+                           self.prior_rate))
 
     example = tf.train.Example()
     feature = example.features.feature
@@ -1345,7 +1417,8 @@ def prepare(src: str, out_dir: str, **options: Any) -> Dict[str, Any]:
   Args:
     src: directory with the source CSV files, searched recursively.
     out_dir: output directory.
-    **options: fields of `PrepareOptions`.
+    **options: fields of `PrepareOptions`. With `split="passes"`, the other options
+      are fields of `PassOptions` and `prepare_passes` does the work.
 
   Returns:
     The content of `stats.json`.
@@ -1356,6 +1429,9 @@ def prepare(src: str, out_dir: str, **options: Any) -> Dict[str, Any]:
       or the column.
     ValueError: an option is invalid.
   """
+  if options.get("split") == PASS_SPLIT:
+    pass_options = {name: value for name, value in options.items() if name != "split"}
+    return prepare_passes(src, out_dir, **pass_options)
   settings = PrepareOptions(**options)
   settings.validate()
   start = time.time()
@@ -1436,11 +1512,7 @@ def _publish(out_dir: str, writers: Mapping[str, _ShardWriters],
     os.replace(path + ".tmp", path)
 
   current = {name for writer in writers.values() for name in writer.names}
-  for split in list(SPLITS) + ["test_random"]:
-    for path in glob.glob(os.path.join(out_dir, f"{split}-*-of-*.tfrecord")):
-      if os.path.basename(path) not in current:
-        logging.info("Deleting %s, a shard of an earlier run", path)
-        os.remove(path)
+  _delete_stale_shards(out_dir, current)
 
   config_path = os.path.join(out_dir, "feature_config.json")
   config.save(config_path + ".tmp")
@@ -1452,15 +1524,645 @@ def _publish(out_dir: str, writers: Mapping[str, _ShardWriters],
   os.replace(stats_path + ".tmp", stats_path)
 
 
+def _delete_stale_shards(directory: str, current: set) -> None:
+  """Delete the shards in `directory` whose names are not in `current`."""
+  for split in list(SPLITS) + ["test_random"]:
+    for path in glob.glob(os.path.join(directory, f"{split}-*-of-*.tfrecord")):
+      if os.path.basename(path) not in current:
+        logging.info("Deleting %s, a shard of an earlier run", path)
+        os.remove(path)
+
+
+# ---------------------------------------------------------------------------
+# Daily passes (`prepare --split=passes`).
+# ---------------------------------------------------------------------------
+
+PASS_SPLIT = "passes"
+PASSES_FILE = "passes.json"
+DEFAULT_PASS_DAYS = 1
+DEFAULT_VALID_FRACTION = 0.1
+# The trainer admits the prior ids from training counts: an id seen at least
+# PRIOR_MIN_FREQUENCY times gets its own embedding row, and the other ids share
+# PRIOR_OOV_BUCKETS hashed buckets.
+PRIOR_MIN_FREQUENCY = 2
+PRIOR_OOV_BUCKETS = 8
+# Table columns and hour are admitted from training counts too, every value seen once.
+GENERAL_MIN_FREQUENCY = 1
+# Bucket boundaries of the exposure and click counts of every pass: one bucket for 0,
+# then one per power of two (1, 2-3, 4-7, ...), the last from 2**20 up.
+COUNT_BOUNDARIES = tuple(float(2 ** power) for power in range(21))
+
+
+@dataclasses.dataclass
+class PassOptions:
+  """Options of the pass layout, documented by the flags of the same names."""
+
+  seed: int = DEFAULT_SEED
+  pass_days: int = DEFAULT_PASS_DAYS
+  valid_fraction: float = DEFAULT_VALID_FRACTION
+  min_tab_rows: int = 0
+  fallback_tab: str = "auto"
+  test_random: bool = True
+  num_buckets: int = DEFAULT_NUM_BUCKETS
+  rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
+  prior_min_frequency: int = PRIOR_MIN_FREQUENCY
+  prior_oov_buckets: int = PRIOR_OOV_BUCKETS
+
+  def validate(self) -> None:
+    integers = {"pass_days": 1, "num_buckets": 2, "rows_per_shard": 1, "min_tab_rows": 0,
+                "prior_min_frequency": 1, "prior_oov_buckets": 1}
+    for name, minimum in integers.items():
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}. Received: {value!r}")
+    if not 0.0 <= self.valid_fraction < 1.0:
+      raise ValueError(
+          f"valid_fraction must be in [0, 1). Received: {self.valid_fraction!r}")
+    parse_fallback_tab(self.fallback_tab)
+
+
+def calendar_date(value: int) -> datetime.date:
+  """Return the date of a YYYYMMDD integer. Raises ValueError for an invalid date."""
+  return datetime.date(value // 10000, value // 100 % 100, value % 100)
+
+
+@dataclasses.dataclass
+class PassCounts:
+  """Counts of the first read of the pass layout, keyed by the log's `date` value.
+
+  Attributes:
+    rows: date -> standard-log rows per seeded split ("train" or "valid").
+    random_rows: date -> random-log rows.
+    train_clicks: date -> clicked training rows.
+    tab_rows: date -> training rows per raw tab.
+    user_tab: (date, user_id, raw tab) -> [training rows, clicked training rows].
+    video_tab: (date, video_id, raw tab) -> [training rows, clicked training rows].
+  """
+
+  rows: Dict[int, collections.Counter] = dataclasses.field(
+      default_factory=lambda: collections.defaultdict(collections.Counter))
+  random_rows: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  train_clicks: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  tab_rows: Dict[int, collections.Counter] = dataclasses.field(
+      default_factory=lambda: collections.defaultdict(collections.Counter))
+  user_tab: Dict[Tuple[int, int, int], List[int]] = dataclasses.field(default_factory=dict)
+  video_tab: Dict[Tuple[int, int, int], List[int]] = dataclasses.field(default_factory=dict)
+
+  def add_training_row(self, row: LogRow) -> None:
+    click = row.labels[0]
+    self.train_clicks[row.date] += click
+    self.tab_rows[row.date][row.tab] += 1
+    for table, key in ((self.user_tab, (row.date, row.user_id, row.tab)),
+                       (self.video_tab, (row.date, row.video_id, row.tab))):
+      counts = table.get(key)
+      if counts is None:
+        table[key] = [1, click]
+      else:
+        counts[0] += 1
+        counts[1] += click
+
+
+def make_valid_splitter(options: PassOptions) -> RandomSplitter:
+  """Return the seeded train/valid draw of the standard-log rows, in file order.
+
+  Row i is "valid" when the i-th uniform draw of `numpy.random.default_rng(seed)` is
+  below `valid_fraction`, else "train". Every standard-log row takes one draw, also
+  the rows of the last period, which are test rows only.
+  """
+  return RandomSplitter(options.seed, (options.valid_fraction, 1.0 - options.valid_fraction),
+                        ("valid", "train"))
+
+
+def _checked_rows(path: str, activity: str, seen_dates: set) -> Iterator[LogRow]:
+  """Yield the rows of a log, checking that every date is a calendar date."""
+  for row in _logged_rows(path, activity):
+    if row.date not in seen_dates:
+      try:
+        calendar_date(row.date)
+      except ValueError:
+        raise InputError(
+            f"{path}, line {row.line}: date {row.date} is not a calendar date.") from None
+      seen_dates.add(row.date)
+    yield row
+
+
+def count_pass_rows(sources: SourceFiles, options: PassOptions) -> PassCounts:
+  """First read: rows per date and split, and the training counts per date.
+
+  Every row of every log is parsed, so malformed input fails before anything is
+  written.
+  """
+  counts = PassCounts()
+  seen_dates = set()
+  splitter = make_valid_splitter(options)
+  for path in sources.standard_logs:
+    for row in _checked_rows(path, "Counting", seen_dates):
+      split = splitter(row)
+      counts.rows[row.date][split] += 1
+      if split == "train":
+        counts.add_training_row(row)
+  if sources.random_log is not None:
+    for row in _checked_rows(sources.random_log, "Counting", seen_dates):
+      counts.random_rows[row.date] += 1
+  return counts
+
+
+@dataclasses.dataclass
+class PassPlan:
+  """The periods of the logs and the pass that trains or tests on each.
+
+  Period k contains the dates [first_date + k * pass_days, first_date + (k + 1) *
+  pass_days). A period without standard-log rows is merged into the next period
+  with rows, so the windows of the periods with rows cover the dates without gaps.
+  Pass i trains on the i-th period with rows and tests on the next one, so the last
+  period with rows is a test set only.
+
+  Attributes:
+    first_date: the earliest date of the standard logs.
+    pass_days: days per period.
+    periods: the periods with standard-log rows, ascending.
+  """
+
+  first_date: datetime.date
+  pass_days: int
+  periods: List[int]
+
+  def __post_init__(self):
+    self.train_periods = self.periods[:-1]
+    self.test_periods = self.periods[1:]
+    self.pass_of_train_period = {period: index
+                                 for index, period in enumerate(self.train_periods)}
+    self.pass_of_test_period = {period: index
+                                for index, period in enumerate(self.test_periods)}
+    self._periods: Dict[int, int] = {}
+
+  @staticmethod
+  def name(index: int) -> str:
+    return f"pass_{index + 1:03d}"
+
+  def period_of(self, date: int) -> int:
+    """Return the period of a YYYYMMDD date, negative before the first date."""
+    period = self._periods.get(date)
+    if period is None:
+      period = (calendar_date(date) - self.first_date).days // self.pass_days
+      self._periods[date] = period
+    return period
+
+  def merged_period(self, date: int) -> Optional[int]:
+    """Return the period with rows that a date's period is merged into, or None.
+
+    None stands for a date before the first date or after the last period with rows.
+    """
+    period = self.period_of(date)
+    index = bisect.bisect_left(self.periods, period)
+    if period < 0 or index == len(self.periods):
+      return None
+    return self.periods[index]
+
+  def date_range(self, period: int) -> Tuple[str, str]:
+    """Return the first date and the exclusive end date of a period with rows.
+
+    The range starts after the previous period with rows, so it includes the empty
+    periods merged into this one. The dates are YYYY-MM-DD strings.
+    """
+    index = self.periods.index(period)
+    first_period = self.periods[index - 1] + 1 if index else period
+    start = self.first_date + datetime.timedelta(days=first_period * self.pass_days)
+    end = self.first_date + datetime.timedelta(days=(period + 1) * self.pass_days)
+    return start.isoformat(), end.isoformat()
+
+
+def plan_passes(counts: PassCounts, pass_days: int) -> PassPlan:
+  """Number the periods from the earliest standard-log date and pair them into passes.
+
+  A period without standard-log rows is merged into the next period with rows, so it
+  gets no pass of its own.
+
+  Raises:
+    InputError: the standard logs cover fewer than two periods.
+  """
+  if not counts.rows:
+    raise InputError("The standard logs have no rows.")
+  dates = sorted(counts.rows)
+  first_date = calendar_date(dates[0])
+  plan = PassPlan(first_date, pass_days, [])
+  periods = sorted({plan.period_of(date) for date in dates})
+  if len(periods) < 2:
+    raise InputError(
+        f"The standard logs cover one period of {pass_days} days ({dates[0]} to "
+        f"{dates[-1]}), so no pass has a test period. Lower --pass_days.")
+  return PassPlan(first_date, pass_days, periods)
+
+
+def build_pass_domain_map(tab_rows: Mapping[int, int], min_tab_rows: int,
+                          fallback_tab: str) -> DomainMap:
+  """Choose the domains of every pass from the training rows of the first pass.
+
+  The model's domain heads are fixed, so every pass has the same domains: the tabs
+  with at least `min_tab_rows` training rows in the first pass, then always
+  `OTHER_TAB`. `OTHER_TAB` contains the tabs merged in the first pass and, through the
+  fallback, the tabs that first appear later.
+
+  Args:
+    tab_rows: training rows per raw tab in the first pass.
+    min_tab_rows: tabs with fewer first-pass training rows are merged.
+    fallback_tab: "auto" or "other" (`OTHER_TAB`), "none" (rows of a tab that is
+      unknown to the first pass are dropped and counted), or a domain value.
+
+  Raises:
+    ValueError: as `build_domain_map`, or the fallback is not a domain value.
+  """
+  first = build_domain_map(tab_rows, min_tab_rows, "auto")
+  values = list(first.values)
+  if OTHER_TAB not in values:
+    values.append(OTHER_TAB)
+  choice = parse_fallback_tab(fallback_tab)
+  if choice in ("auto", "other"):
+    fallback = OTHER_TAB
+  elif choice == "none":
+    fallback = None
+  elif choice in values:
+    fallback = choice
+  else:
+    raise ValueError(f"fallback_tab {choice} is not a domain value. Domains: {values}")
+  return DomainMap(values=values, merged_tabs=first.merged_tabs, fallback=fallback)
+
+
+class CumulativeCounts:
+  """Training rows and clicks of each (id, domain) pair, summed over periods <= k."""
+
+  def __init__(self, table: Mapping[Tuple[int, int, int], List[int]], plan: PassPlan,
+               domains: DomainMap):
+    """Sum `table`, (date, id, raw tab) -> [rows, clicks], per pair and period."""
+    per_pair = collections.defaultdict(dict)
+    for (date, key, tab), (rows, clicks) in table.items():
+      domain = domains.domain_of(tab)
+      if domain is None:
+        continue
+      totals = per_pair[(key, domain)].setdefault(plan.period_of(date), [0, 0])
+      totals[0] += rows
+      totals[1] += clicks
+    # (id, domain) -> (periods ascending, rows up to each, clicks up to each)
+    self._pairs: Dict[Tuple[int, int], Tuple[List[int], List[int], List[int]]] = {}
+    for pair, totals in per_pair.items():
+      periods = sorted(totals)
+      rows = list(itertools.accumulate(totals[period][0] for period in periods))
+      clicks = list(itertools.accumulate(totals[period][1] for period in periods))
+      self._pairs[pair] = (periods, rows, clicks)
+
+  def get(self, pair: Tuple[int, int], period: int) -> Optional[Tuple[int, int]]:
+    """Return (rows, clicks) of `pair` over the periods <= `period`, or None."""
+    entry = self._pairs.get(pair)
+    if entry is None:
+      return None
+    periods, rows, clicks = entry
+    index = bisect.bisect_right(periods, period) - 1
+    if index < 0:
+      return None
+    return rows[index], clicks[index]
+
+
+def cumulative_click_rates(counts: PassCounts, plan: PassPlan) -> Dict[int, float]:
+  """Return the click rate of the training rows up to each training period."""
+  rows_by_period = collections.Counter()
+  clicks_by_period = collections.Counter()
+  for date, split_rows in counts.rows.items():
+    period = plan.period_of(date)
+    rows_by_period[period] += split_rows["train"]
+    clicks_by_period[period] += counts.train_clicks[date]
+  rates = {}
+  rows = clicks = 0
+  for period in plan.train_periods:
+    rows += rows_by_period[period]
+    clicks += clicks_by_period[period]
+    rates[period] = clicks / rows
+  return rates
+
+
+def build_pass_feature_config(counts: PassCounts, plan: PassPlan, domains: DomainMap,
+                              videos: Mapping[int, VideoInfo],
+                              options: PassOptions) -> features_lib.FeatureConfig:
+  """Build the one feature config of every pass.
+
+  Vocabulary features carry no vocabulary: the trainer admits it from the training
+  counts of each pass (`min_frequency`). Bucketized features keep the same
+  boundaries in every pass, because a warm start keeps each table's size:
+
+  - exposures and clicks: `COUNT_BOUNDARIES`, one bucket per power of two. The
+    cumulative counts grow with every pass, so quantiles of the first pass would push
+    the counts of later passes into the top bucket, while a log scale keeps the same
+    relative resolution at every size and needs no data.
+  - click rate: `num_buckets` equal-width buckets of [0, 1]. The smoothed rate lies
+    in [0, 1] in every pass. It sits near the prior while a pair has few exposures,
+    so first-pass quantiles would crowd around the prior and leave the wider spread
+    of later passes in the outer buckets.
+  - video_duration: quantiles of the first pass's training rows, as in the other
+    splits. It is a property of the video, not a count, so its distribution over the
+    rows does not drift as passes accumulate, and no later row is read.
+  """
+  first_period = plan.train_periods[0]
+  video_rows = collections.Counter()
+  for (date, video, _), (rows, _) in counts.video_tab.items():
+    if plan.period_of(date) == first_period:
+      video_rows[video] += rows
+  rate_cuts = [round(index / options.num_buckets, 6) for index in range(1, options.num_buckets)]
+  boundaries = {"video_duration": duration_boundaries(video_rows, videos, options.num_buckets)}
+  for prefix in ("user_tab", "video_tab"):
+    boundaries[f"{prefix}_exposures"] = list(COUNT_BOUNDARIES)
+    boundaries[f"{prefix}_clicks"] = list(COUNT_BOUNDARIES)
+    boundaries[f"{prefix}_click_rate"] = rate_cuts
+
+  def admitted_spec(name: str, group: str, dtype: str) -> Dict[str, Any]:
+    spec = {"name": name, "group": group, "dtype": dtype}
+    if group == "prior":
+      spec["min_frequency"] = options.prior_min_frequency
+      spec["num_oov_buckets"] = options.prior_oov_buckets
+    else:
+      spec["min_frequency"] = GENERAL_MIN_FREQUENCY
+    return spec
+
+  return assemble_feature_config(admitted_spec, boundaries, domains)
+
+
+def _pass_split_rows(counts: PassCounts, plan: PassPlan, test_random: bool
+                     ) -> List[Dict[str, int]]:
+  """Count the rows of each split of each pass, before rows of unknown tabs drop."""
+  per_pass = [collections.Counter() for _ in plan.train_periods]
+  for date, split_rows in counts.rows.items():
+    period = plan.period_of(date)
+    train_pass = plan.pass_of_train_period.get(period)
+    if train_pass is not None:
+      per_pass[train_pass].update(split_rows)
+    test_pass = plan.pass_of_test_period.get(period)
+    if test_pass is not None:
+      per_pass[test_pass]["test"] += sum(split_rows.values())
+  if test_random:
+    for date, rows in counts.random_rows.items():
+      test_pass = plan.pass_of_test_period.get(plan.merged_period(date))
+      if test_pass is not None:
+        per_pass[test_pass]["test_random"] += rows
+  return [dict(rows) for rows in per_pass]
+
+
+@dataclasses.dataclass
+class _PassOutputs:
+  """Shard writers, per-domain counts and dropped rows of every pass and split."""
+
+  writers: List[Dict[str, _ShardWriters]]
+  stats: List[Dict[str, _SplitStats]]
+  dropped: List[collections.Counter]
+  random_rows_outside_tests: int = 0
+
+
+def write_pass_records(sources: SourceFiles, options: PassOptions, out_dir: str,
+                       plan: PassPlan, split_rows: Sequence[Mapping[str, int]],
+                       encoder: RecordEncoder, user_counts: CumulativeCounts,
+                       video_counts: CumulativeCounts,
+                       click_rates: Mapping[int, float]) -> _PassOutputs:
+  """Second read: write every row to the passes that train or test on it.
+
+  A standard-log row of period k goes to the train or valid split of the pass that
+  trains on period k and to the test split of the pass before it. A random-log row
+  goes to `test_random` of the pass whose test period contains it. Every record gets the
+  statistics of the training rows of the periods up to its pass's training period,
+  and a training row leaves itself out of them.
+  """
+  outputs = _PassOutputs(writers=[], stats=[], dropped=[])
+  for index, rows in enumerate(split_rows):
+    pass_dir = os.path.join(out_dir, plan.name(index))
+    os.makedirs(pass_dir, exist_ok=True)
+    splits = list(SPLITS) + (["test_random"] if rows.get("test_random") else [])
+    outputs.writers.append({split: _ShardWriters(pass_dir, split, rows.get(split, 0),
+                                                 options.rows_per_shard)
+                            for split in splits})
+    outputs.stats.append({split: _SplitStats() for split in splits})
+    outputs.dropped.append(collections.Counter())
+
+  def write(row: LogRow, pass_index: int, split: str) -> None:
+    domain = encoder.domains.domain_of(row.tab)
+    if domain is None:
+      outputs.dropped[pass_index][split] += 1
+      return
+    period = plan.train_periods[pass_index]
+    is_train = split == "train"
+    click = row.labels[0]
+    statistics = (
+        row_statistics(user_counts.get((row.user_id, domain), period), click, is_train,
+                       click_rates[period])
+        + row_statistics(video_counts.get((row.video_id, domain), period), click,
+                         is_train, click_rates[period]))
+    outputs.writers[pass_index][split].write(
+        encoder.encode(row, domain, is_train, statistics))
+    outputs.stats[pass_index][split].add(domain, row.labels)
+
+  try:
+    splitter = make_valid_splitter(options)
+    for path in sources.standard_logs:
+      for row in _logged_rows(path, "Writing"):
+        split = splitter(row)
+        period = plan.period_of(row.date)
+        train_pass = plan.pass_of_train_period.get(period)
+        if train_pass is not None:
+          write(row, train_pass, split)
+        test_pass = plan.pass_of_test_period.get(period)
+        if test_pass is not None:
+          write(row, test_pass, "test")
+    if sources.random_log is not None:
+      for row in _logged_rows(sources.random_log, "Writing"):
+        test_pass = plan.pass_of_test_period.get(plan.merged_period(row.date))
+        if test_pass is None:
+          outputs.random_rows_outside_tests += 1
+        else:
+          write(row, test_pass, "test_random")
+  finally:
+    for writers in outputs.writers:
+      for writer in writers.values():
+        writer.close()
+  return outputs
+
+
+def prepare_passes(src: str, out_dir: str, **options: Any) -> Dict[str, Any]:
+  """Convert the KuaiRand-Pure logs under `src` into daily passes in `out_dir`.
+
+  Args:
+    src: directory with the source CSV files, searched recursively.
+    out_dir: output directory.
+    **options: fields of `PassOptions`.
+
+  Returns:
+    The content of `stats.json`.
+
+  Raises:
+    FileNotFoundError: a source file is missing; the message names it.
+    InputError: a source file is malformed, or the logs cover fewer than two periods
+      or leave the first pass without training rows.
+    ValueError: an option is invalid.
+  """
+  settings = PassOptions(**options)
+  settings.validate()
+  start = time.time()
+  sources = find_sources(src, settings.test_random)
+  users = read_user_table(sources.user_table)
+  videos = read_video_table(sources.video_table)
+  logging.info("Read %d users from %s and %d videos from %s", len(users),
+               sources.user_table, len(videos), sources.video_table)
+
+  counts = count_pass_rows(sources, settings)
+  plan = plan_passes(counts, settings.pass_days)
+  first_tab_rows = collections.Counter()
+  for date, tab_rows in counts.tab_rows.items():
+    if plan.period_of(date) == plan.train_periods[0]:
+      first_tab_rows.update(tab_rows)
+  if not first_tab_rows:
+    raise InputError(
+        f"The first pass ({' to '.join(plan.date_range(plan.train_periods[0]))}, end "
+        f"excluded) has no training row, so it cannot choose the domains. Lower "
+        f"--valid_fraction or raise --pass_days.")
+  domains = build_pass_domain_map(first_tab_rows, settings.min_tab_rows,
+                                  settings.fallback_tab)
+  config = build_pass_feature_config(counts, plan, domains, videos, settings)
+  click_rates = cumulative_click_rates(counts, plan)
+  user_counts = CumulativeCounts(counts.user_tab, plan, domains)
+  video_counts = CumulativeCounts(counts.video_tab, plan, domains)
+  split_rows = _pass_split_rows(counts, plan, sources.random_log is not None)
+  del counts  # the per-date tables are no longer needed
+
+  encoder = RecordEncoder(users, videos, domains, {}, {}, 0.0)
+  os.makedirs(out_dir, exist_ok=True)
+  outputs = write_pass_records(sources, settings, out_dir, plan, split_rows, encoder,
+                               user_counts, video_counts, click_rates)
+
+  passes = []
+  for index, (train_period, test_period) in enumerate(zip(plan.train_periods,
+                                                          plan.test_periods)):
+    train_start, train_end = plan.date_range(train_period)
+    test_start, test_end = plan.date_range(test_period)
+    writers = outputs.writers[index]
+    passes.append({
+        "name": plan.name(index),
+        "start": train_start,
+        "end": train_end,
+        "test_start": test_start,
+        "test_end": test_end,
+        "train_click_rate_cumulative": round(click_rates[train_period], 6),
+        "rows": {split: writer.rows for split, writer in writers.items()},
+        "shards": {split: writer.names for split, writer in writers.items()},
+        "splits": {split: value.to_json(domains.values)
+                   for split, value in outputs.stats[index].items()},
+        "dropped_rows": dict(outputs.dropped[index]),
+    })
+  seconds = time.time() - start
+  stats = {
+      "name": DATASET_NAME,
+      "layout": PASS_SPLIT,
+      "sources": dataclasses.asdict(sources),
+      "options": dataclasses.asdict(settings),
+      "first_date": plan.first_date.isoformat(),
+      "domains": {
+          "values": domains.values,
+          "merged_tabs": domains.merged_tabs,
+          "fallback": domains.fallback,
+          "first_pass_tab_training_rows": {str(tab): rows
+                                           for tab, rows in sorted(first_tab_rows.items())},
+      },
+      "smoothing_k": SMOOTHING_K,
+      "passes": passes,
+      "random_rows_outside_test_periods": outputs.random_rows_outside_tests,
+      "unknown_ids_in_records": {"user_id": encoder.unknown_users.to_json(),
+                                 "video_id": encoder.unknown_videos.to_json()},
+      "seconds": round(seconds, 1),
+  }
+  manifest = {
+      "dataset": DATASET_NAME,
+      "pass_days": settings.pass_days,
+      "seed": settings.seed,
+      "passes": [{key: entry[key] for key in ("name", "start", "end", "test_start",
+                                              "test_end")}
+                 | {f"{split}_rows": entry["rows"][split] for split in SPLITS}
+                 for entry in passes],
+  }
+  _publish_passes(out_dir, outputs.writers, config, stats, manifest)
+  logging.info("Wrote %d passes to %s in %.1f s", len(passes), out_dir, seconds)
+  return stats
+
+
+def _publish_passes(out_dir: str, pass_writers: Sequence[Mapping[str, _ShardWriters]],
+                    config: features_lib.FeatureConfig, stats: Mapping[str, Any],
+                    manifest: Mapping[str, Any]) -> None:
+  """Move the shards to their final names, then write the config, stats and passes.json.
+
+  passes.json comes last, so a reader that finds it finds every file it lists. Shards
+  of an earlier run under other names are deleted, in the pass folders of this run
+  and in `pass_*` folders that this run no longer has.
+  """
+  names = [PassPlan.name(index) for index in range(len(pass_writers))]
+  for writers in pass_writers:
+    for writer in writers.values():
+      for path in writer.temporary:
+        os.replace(path, path[:-len(".tmp")])
+  for name, writers in zip(names, pass_writers):
+    current = {shard for writer in writers.values() for shard in writer.names}
+    _delete_stale_shards(os.path.join(out_dir, name), current)
+  for path in sorted(glob.glob(os.path.join(out_dir, "pass_*"))):
+    if os.path.isdir(path) and os.path.basename(path) not in names:
+      _delete_stale_shards(path, set())
+      try:
+        os.rmdir(path)
+      except OSError as error:
+        logging.warning("%s is a pass folder of an earlier run and keeps files that are "
+                        "not shards, so it was not deleted: %s", path, error)
+
+  outputs = [(os.path.join(out_dir, "feature_config.json"), config.to_dict()),
+             (os.path.join(out_dir, "stats.json"), stats),
+             (os.path.join(out_dir, PASSES_FILE), manifest)]
+  for path, content in outputs:
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+      json.dump(content, handle, indent=2)
+      handle.write("\n")
+  for path, _ in outputs:
+    os.replace(path + ".tmp", path)
+
+
+def format_pass_summary(stats: Mapping[str, Any]) -> str:
+  """Render the `stats.json` of the pass layout as one line per pass."""
+  domains = stats["domains"]
+  lines = [
+      f"{stats['name']} ({stats['options']['pass_days']}-day passes from "
+      f"{stats['first_date']}): {len(stats['passes'])} passes, domains "
+      f"{domains['values']}, fallback {domains['fallback']}",
+      f"{'pass':<9} {'start':<10} {'end':<10} {'train':>8} {'valid':>8} {'test':>8} "
+      f"{'test_rand':>9} {'click':>7}",
+  ]
+  for entry in stats["passes"]:
+    rows = entry["rows"]
+    lines.append(
+        f"{entry['name']:<9} {entry['start']:<10} {entry['end']:<10} {rows['train']:>8} "
+        f"{rows['valid']:>8} {rows['test']:>8} {rows.get('test_random', 0):>9} "
+        f"{entry['train_click_rate_cumulative']:>7.4f}")
+  lines.append("end is excluded; click is the click rate of the training rows of "
+               "this pass and the passes before it.")
+  if domains["merged_tabs"]:
+    lines.append(f"Domain {OTHER_TAB} holds the merged tabs {domains['merged_tabs']} "
+                 "and tabs unseen in the first pass's training rows.")
+  for entry in stats["passes"]:
+    for split, rows in entry["dropped_rows"].items():
+      lines.append(f"{entry['name']}: {rows} {split} rows dropped: their tab is unknown "
+                   "to the first pass and the config has no fallback domain.")
+  return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------
 # Command line.
 # ---------------------------------------------------------------------------
 
 COMMANDS = ("download", "prepare")
 _DOWNLOAD_FLAGS = ("dest", "url", "checksum", "expected_size", "retries", "extract")
-_PREPARE_FLAGS = ("src", "out", "split", "seed", "train_end_date", "valid_end_date",
-                  "min_tab_rows", "fallback_tab", "test_random", "num_buckets",
-                  "rows_per_shard", "min_id_rows")
+_PASS_ONLY_FLAGS = ("pass_days", "valid_fraction", "prior_min_frequency",
+                    "prior_oov_buckets")
+_NOT_PASS_FLAGS = ("train_end_date", "valid_end_date", "min_id_rows")
+_PREPARE_FLAGS = ("src", "out", "split", "seed", "min_tab_rows", "fallback_tab",
+                  "test_random", "num_buckets", "rows_per_shard") + _NOT_PASS_FLAGS + \
+    _PASS_ONLY_FLAGS
 
 
 def _define_flags() -> None:
@@ -1487,10 +2189,13 @@ def _define_flags() -> None:
       "out", None,
       f"prepare: output directory. Default: <data dir>/{DATASET_NAME}.")
   flags.DEFINE_enum(
-      "split", "date", list(SPLIT_METHODS),
+      "split", "date", list(SPLIT_METHODS) + [PASS_SPLIT],
       "prepare: 'date' splits by --train_end_date and --valid_end_date; 'random' "
-      "assigns rows 8:1:1 at random with --seed.")
-  flags.DEFINE_integer("seed", DEFAULT_SEED, "prepare: seed of the random split.")
+      "assigns rows 8:1:1 at random with --seed; 'passes' writes one folder per "
+      "period of --pass_days days, for training in daily passes.")
+  flags.DEFINE_integer(
+      "seed", DEFAULT_SEED,
+      "prepare: seed of the random split, and of the validation rows of each pass.")
   flags.DEFINE_integer("train_end_date", DEFAULT_TRAIN_END_DATE,
                        "prepare: last date (YYYYMMDD) of the training split (date split).")
   flags.DEFINE_integer("valid_end_date", DEFAULT_VALID_END_DATE,
@@ -1514,16 +2219,42 @@ def _define_flags() -> None:
       "min_id_rows", 1,
       "prepare: ids (user, video, author) with fewer training rows map to the "
       "out-of-vocabulary bucket.")
+  flags.DEFINE_integer(
+      "pass_days", DEFAULT_PASS_DAYS,
+      "prepare --split=passes: days per period; pass k trains on period k and tests "
+      "on the next period with rows.")
+  flags.DEFINE_float(
+      "valid_fraction", DEFAULT_VALID_FRACTION,
+      "prepare --split=passes: fraction of each training period drawn at random, "
+      "with --seed, as the pass's validation rows. In [0, 1).")
+  flags.DEFINE_integer(
+      "prior_min_frequency", PRIOR_MIN_FREQUENCY,
+      "prepare --split=passes: min_frequency of user_id, video_id and author_id: the "
+      "trainer admits an id seen at least this many times in the training counts.")
+  flags.DEFINE_integer(
+      "prior_oov_buckets", PRIOR_OOV_BUCKETS,
+      "prepare --split=passes: hashed buckets shared by the ids that are not admitted.")
 
 
 def _check_flags_of(command: str) -> None:
-  """Reject flags that belong to the other command."""
+  """Reject flags that belong to the other command or to another split."""
   foreign = _PREPARE_FLAGS if command == "download" else _DOWNLOAD_FLAGS
   misplaced = [name for name in foreign if flags.FLAGS[name].present]
   if misplaced:
     other = "prepare" if command == "download" else "download"
     raise app.UsageError(
         f"These flags apply only to {other}, not to {command}: "
+        f"{', '.join('--' + name for name in misplaced)}")
+  if command != "prepare":
+    return
+  passes = flags.FLAGS.split == PASS_SPLIT
+  foreign = _NOT_PASS_FLAGS if passes else _PASS_ONLY_FLAGS
+  misplaced = [name for name in foreign if flags.FLAGS[name].present]
+  if misplaced:
+    where = ("--split=date and --split=random, not to --split=passes" if passes
+             else "--split=passes")
+    raise app.UsageError(
+        f"These flags apply only to {where}: "
         f"{', '.join('--' + name for name in misplaced)}")
 
 
@@ -1550,6 +2281,8 @@ def main(argv: Sequence[str]) -> int:
 
   src = options.src or default_dir
   out_dir = options.out or os.path.join(default_data_dir(), DATASET_NAME)
+  if options.split == PASS_SPLIT:
+    return _run_prepare_passes(src, out_dir)
   try:
     stats = prepare(
         src, out_dir, split=options.split, seed=options.seed,
@@ -1562,6 +2295,24 @@ def main(argv: Sequence[str]) -> int:
     return 1
   print(format_summary(stats))
   print(f"Feature config: {os.path.join(out_dir, 'feature_config.json')}")
+  return 0
+
+
+def _run_prepare_passes(src: str, out_dir: str) -> int:
+  options = flags.FLAGS
+  try:
+    stats = prepare_passes(
+        src, out_dir, seed=options.seed, pass_days=options.pass_days,
+        valid_fraction=options.valid_fraction, min_tab_rows=options.min_tab_rows,
+        fallback_tab=options.fallback_tab, test_random=options.test_random,
+        num_buckets=options.num_buckets, rows_per_shard=options.rows_per_shard,
+        prior_min_frequency=options.prior_min_frequency,
+        prior_oov_buckets=options.prior_oov_buckets)
+  except (FileNotFoundError, ValueError) as error:
+    logging.error("Preparing the KuaiRand-Pure passes failed: %s", error)
+    return 1
+  print(format_pass_summary(stats))
+  print(f"Passes: {os.path.join(out_dir, PASSES_FILE)}")
   return 0
 
 
