@@ -52,10 +52,8 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
           "config holds no admitted vocabulary yet. Resolve it first with "
           "`pepnet_tf.admission.admit_vocabularies`, as the trainer does.")
     self.lookups = {spec.name: _make_lookup(config, spec) for spec in self.specs}
-    self.table_sizes = {spec.name: _table_size(config, spec) for spec in self.specs}
+    self.table_sizes = table_sizes(config)
     self.domain_name = config.domain.feature
-    if config.domain.embed:
-      self.table_sizes[self.domain_name] = config.num_domains
     self.domain_lookup = domains.domain_table(config)
     fallback = config.domain.fallback
     self.fallback_index = None if fallback is None else config.domain.values.index(fallback)
@@ -78,6 +76,12 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
   @property
   def table_names(self) -> List[str]:
     return list(self.table_sizes)
+
+  @property
+  def lookup_order(self) -> List[str]:
+    """Table names in the order of `lookup`'s result: the domain first, if embedded."""
+    names = [self.domain_name] if self.domain_name in self.table_sizes else []
+    return names + [spec.name for spec in self.specs]
 
   @property
   def table_variables(self) -> List[tf.Variable]:
@@ -159,6 +163,18 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
     config = dict(config)
     config["config"] = features_lib.from_dict(config["config"])
     return cls(**config)
+
+
+def table_sizes(config: features_lib.FeatureConfig) -> Dict[str, int]:
+  """Rows of every embedding table of `config`: feature name -> rows.
+
+  The domain's table, when `config.domain.embed` is true, comes last.
+  """
+  sizes = {spec.name: _table_size(config, spec)
+           for spec in config.features if spec.is_embedded}
+  if config.domain.embed:
+    sizes[config.domain.feature] = config.num_domains
+  return sizes
 
 
 def _as_column(values: tf.Tensor) -> tf.Tensor:
