@@ -22,12 +22,14 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from pepnet_tf import admission as admission_lib
 from pepnet_tf import distribute as distribute_lib
 from pepnet_tf import export as export_lib
 from pepnet_tf import features as features_lib
 from pepnet_tf import input as input_lib
 from pepnet_tf import metrics as metrics_lib
 from pepnet_tf import optimizers as optimizers_lib
+from pepnet_tf import warm_start as warm_start_lib
 from pepnet_tf.model import PEPNet
 
 DATASETS = ("movielens_100k",)
@@ -36,6 +38,10 @@ _STATE_FILE = "training_state.json"
 # Written by the chief under a distribution strategy: the strategy, the cluster and
 # the placement of every embedding table's shards.
 DISTRIBUTION_FILE = "distribution.json"
+WARM_START_DIR = "warm_start"
+# TrainConfig fields that shape the weights: a warm start needs them unchanged.
+MODEL_FIELDS = ("hidden_units", "epnet_mode", "gate_hidden_units", "use_epnet",
+                "use_ppnet", "ppnet_gate_input", "prior_in_towers", "embedding_optimizer")
 
 
 @dataclasses.dataclass
@@ -71,6 +77,13 @@ class TrainConfig:
     ps_shards: maximum number of shards of an embedding table under
       "parameter_server"; None uses one per ps task.
     min_shard_bytes: minimum bytes of a table shard under "parameter_server".
+    warm_start_from: the `model_dir` of the previous training pass. Its best
+      checkpoint seeds this run: weights and optimizer state, with the rows of
+      the ids that both passes' vocabularies hold (see `pepnet_tf.warm_start`).
+      Used only when `model_dir` has no checkpoint yet.
+    admission_window: number of most recent passes, this one included, whose
+      value counts admit the vocabularies of features with `min_frequency` or
+      `max_vocabulary_size` (see `pepnet_tf.admission`).
     export: whether to export a SavedModel at the end.
     keep_exports: number of export versions kept under `model_dir/export`.
     verbose: Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.
@@ -108,6 +121,8 @@ class TrainConfig:
   strategy: str = "default"
   ps_shards: Optional[int] = None
   min_shard_bytes: int = distribute_lib.DEFAULT_MIN_SHARD_BYTES
+  warm_start_from: Optional[str] = None
+  admission_window: int = admission_lib.DEFAULT_WINDOW
   export: bool = True
   keep_exports: int = 5
   verbose: int = 2
@@ -124,7 +139,7 @@ class TrainConfig:
     if self.feature_config is not None and not (self.train_files and self.valid_files):
       raise ValueError("With feature_config, train_files and valid_files are required.")
     for name in ("batch_size", "epochs", "patience", "min_shard_bytes",
-                 "steps_per_execution"):
+                 "steps_per_execution", "admission_window"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1. Received: {getattr(self, name)!r}")
     if self.strategy not in distribute_lib.STRATEGIES:
@@ -132,6 +147,15 @@ class TrainConfig:
                        f"Received: {self.strategy!r}")
     if self.ps_shards is not None and self.ps_shards < 1:
       raise ValueError(f"ps_shards must be >= 1 or None. Received: {self.ps_shards!r}")
+    if self.warm_start_from is not None and self.strategy == "parameter_server":
+      raise ValueError(
+          "warm_start_from is not supported under strategy 'parameter_server'; warm-start "
+          "the pass under 'default' or a mirrored strategy.")
+    if self.warm_start_from is not None and not tf.io.gfile.exists(
+        os.path.join(self.warm_start_from, "config.json")):
+      raise ValueError(
+          f"warm_start_from {self.warm_start_from!r} is not the model_dir of a training "
+          "run: it has no config.json.")
     if self.strategy == "parameter_server" and self.verbose == 1:
       raise ValueError("Keras rejects verbose=1 (a progress bar per step) under "
                        "strategy 'parameter_server'; use verbose=2 or 0.")
@@ -295,6 +319,9 @@ def train(config: TrainConfig) -> Dict[str, Any]:
   feature_config = features_lib.load(paths.feature_config)
   for files in (paths.train, paths.valid) + ((paths.test,) if paths.test else ()):
     input_lib.validate_files(feature_config, files)
+  admission = _admit(config, feature_config, paths, chief)
+  feature_config = admission.config
+  logging.info("Embedding tables:\n%s", admission_lib.format_report(admission.report))
   if chief:
     _write_json(os.path.join(config.model_dir, "config.json"),
                 {"train": dataclasses.asdict(config), "data": dataclasses.asdict(paths)})
@@ -315,9 +342,18 @@ def train(config: TrainConfig) -> Dict[str, Any]:
   temp_dir = None if chief else distribute_lib.task_temp_dir(config.model_dir, strategy)
   saver = EpochCheckpoint(checkpoint, config.model_dir, config.patience, temp_dir=temp_dir)
   state = saver.load_state()
+  warm_start_stats = None
   if saver.latest_checkpoint:
     checkpoint.restore(saver.latest_checkpoint)
     logging.info("Resumed from %s after epoch %d", saver.latest_checkpoint, state["epoch"])
+  elif config.warm_start_from is not None:
+    path, warm_start_stats = write_warm_start(
+        config, feature_config, os.path.join(temp_dir or config.model_dir, WARM_START_DIR))
+    with strategy.scope():
+      # Slots built now, in training order, take their values from the checkpoint.
+      warm_start_lib.build_optimizer_state(model)
+    checkpoint.restore(path).assert_existing_objects_matched()
+    logging.info("Warm-started from %s", config.warm_start_from)
 
   initial_epoch = state["epoch"]
   if not state["stopped"] and initial_epoch < config.epochs:
@@ -353,7 +389,10 @@ def train(config: TrainConfig) -> Dict[str, Any]:
 
   result = {"model_dir": config.model_dir, "chief": True,
             "best_epoch": saver.state["best_epoch"],
-            "parameter_counts": model.parameter_counts()}
+            "parameter_counts": model.parameter_counts(),
+            "admission": admission.report}
+  if warm_start_stats is not None:
+    result["warm_start"] = warm_start_stats
   if paths.test:
     test_dataset = input_lib.make_dataset(
         feature_config, paths.test, config.batch_size, training=False)
@@ -464,18 +503,82 @@ class ChiefValidation(tf.keras.callbacks.Callback):
         [metrics[f"auc/{name}"] for name in self.feature_config.task_names]))
 
 
+def _admit(config: TrainConfig, feature_config: features_lib.FeatureConfig,
+           paths: DataPaths, chief: bool) -> admission_lib.AdmissionResult:
+  """Admit the vocabularies of this run, or reload those of an earlier attempt.
+
+  A rerun of the same `model_dir` reuses the vocabularies that the first attempt
+  admitted, so that its checkpoints still fit the tables.
+  """
+  report = admission_lib.read_report(config.model_dir)
+  saved_config = os.path.join(config.model_dir, "feature_config.json")
+  if report is not None and tf.io.gfile.exists(saved_config):
+    return admission_lib.AdmissionResult(features_lib.load(saved_config), report)
+  return admission_lib.admit_vocabularies(
+      feature_config, paths.train, config.model_dir if chief else None,
+      window=config.admission_window, previous_dir=config.warm_start_from,
+      test_files=paths.test)
+
+
+def check_warm_start_config(config: TrainConfig, previous: "TrainConfig") -> None:
+  """Raise IncompatibleModelError if a field of `MODEL_FIELDS` changed."""
+  changed = [f"{name}: {getattr(previous, name)!r} -> {getattr(config, name)!r}"
+             for name in MODEL_FIELDS if getattr(previous, name) != getattr(config, name)]
+  if changed:
+    raise warm_start_lib.IncompatibleModelError(
+        f"The run in {config.warm_start_from} has another architecture or embedding "
+        f"optimizer, so it cannot warm-start this one: {'; '.join(changed)}")
+
+
+def write_warm_start(config: TrainConfig, feature_config: features_lib.FeatureConfig,
+                     directory: str):
+  """Seed a new model from `config.warm_start_from` and checkpoint it in `directory`.
+
+  The new model is built on one device with the seed of `config`, so a new id's
+  row is the row that a fresh model of the same seed starts with.
+
+  Returns:
+    `(checkpoint path, stats)`, the stats of `warm_start.warm_start`.
+  """
+  previous_dir = config.warm_start_from
+  with tf.io.gfile.GFile(os.path.join(previous_dir, "config.json")) as handle:
+    previous_config = TrainConfig(**json.load(handle)["train"])
+  check_warm_start_config(config, previous_config)
+  previous_features = features_lib.load(os.path.join(previous_dir, "feature_config.json"))
+  warm_start_lib.check_feature_configs(previous_features, feature_config)
+  best = tf.train.latest_checkpoint(os.path.join(previous_dir, "best"))
+  if best is None:
+    best = tf.train.latest_checkpoint(os.path.join(previous_dir, "checkpoints"))
+  if best is None:
+    raise FileNotFoundError(f"No checkpoint found in {previous_dir} to warm-start from.")
+  previous_model = restore_model(previous_config, previous_features, best,
+                                 optimizer_state=True)
+
+  tf.keras.utils.set_random_seed(config.seed)
+  model = build_model(config, feature_config)
+  model(_example_batch(feature_config))
+  stats = warm_start_lib.warm_start(model, feature_config, previous_model, previous_features)
+  path = make_checkpoint(model).save(os.path.join(directory, "ckpt"))
+  logging.info("Warm start from %s (%s): %s", previous_dir, best, stats)
+  return path, stats
+
+
 def restore_model(config: TrainConfig, feature_config: features_lib.FeatureConfig,
-                  path: str) -> PEPNet:
+                  path: str, optimizer_state: bool = False) -> PEPNet:
   """Build the model of `config` on one device and restore the checkpoint `path`.
 
   A checkpoint written under any strategy restores here: a table sharded across
   parameter servers is saved as one tensor, and so are the optimizer slots of its
-  shards. Optimizer slots are restored when an optimizer creates them.
+  shards. Optimizer slots are restored when an optimizer creates them;
+  `optimizer_state=True` creates them at once, so that they hold the checkpoint's
+  values on return.
   """
   if path is None:
     raise FileNotFoundError(f"No checkpoint found in {config.model_dir}.")
   model = build_model(config, feature_config)
   model(_example_batch(feature_config))
+  if optimizer_state:
+    warm_start_lib.build_optimizer_state(model)
   make_checkpoint(model).restore(path).expect_partial()
   logging.info("Restored %s", path)
   return model

@@ -79,6 +79,13 @@ flags.DEFINE_integer("ps_shards", _DEFAULTS.ps_shards,
 flags.DEFINE_integer("min_shard_bytes", _DEFAULTS.min_shard_bytes,
                      "Minimum size of an embedding table shard in bytes under "
                      "--strategy=parameter_server.")
+flags.DEFINE_string("warm_start_from", None,
+                    "model_dir of the previous training pass: its best checkpoint seeds "
+                    "this run, carrying the rows of ids that stay in the vocabularies.")
+flags.DEFINE_integer("admission_window", _DEFAULTS.admission_window,
+                     "Number of most recent passes, this one included, whose value counts "
+                     "admit the vocabularies of features with min_frequency or "
+                     "max_vocabulary_size.")
 flags.DEFINE_bool("export", _DEFAULTS.export, "Export a SavedModel at the end.")
 flags.DEFINE_integer("keep_exports", _DEFAULTS.keep_exports,
                      "Number of export versions kept under model_dir/export.")
@@ -117,6 +124,8 @@ def config_from_flags() -> training.TrainConfig:
       strategy=FLAGS.strategy,
       ps_shards=FLAGS.ps_shards,
       min_shard_bytes=FLAGS.min_shard_bytes,
+      warm_start_from=FLAGS.warm_start_from,
+      admission_window=FLAGS.admission_window,
       export=FLAGS.export,
       keep_exports=FLAGS.keep_exports,
       verbose=FLAGS.verbose)
