@@ -35,14 +35,23 @@ Outputs in `out_dir`: `train.tfrecord`, `valid.tfrecord`, `test.tfrecord`
 `feature_config.json` (vocabularies and bucket boundaries from the training split
 only) and `stats.json` (rows and positive rates per split and domain).
 
+The `passes` command writes a time-ordered layout for incremental training
+instead: weekly (`--pass_days`) passes, each trained on one period and tested on
+the next, with statistics from the cumulative history and one feature config that
+admits ids from counts (see `prepare_passes`).
+
 Usage:
 
     python -m data.movielens --out_dir=/tmp/movielens_100k
+    python -m data.movielens passes --out=/tmp/ml_passes [--pass_days=7] \
+        [--valid_fraction=0.1] [--seed=2023] [--force]
 """
 
+import datetime
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -463,7 +472,12 @@ def build_feature_config(train: Columns) -> features_lib.FeatureConfig:
   for name in DOMAIN_SIDE_FEATURES:
     specs.append({"name": name, "group": "domain_side", "dtype": "float32",
                   "boundaries": quantile_boundaries(train[name])})
-  specs.append({"name": "domain", "group": "domain", "dtype": "int64"})
+  return _config_from_specs(specs)
+
+
+def _config_from_specs(specs: List[Dict[str, Any]]) -> features_lib.FeatureConfig:
+  """Append the domain and label features to `specs` and build the validated config."""
+  specs = specs + [{"name": "domain", "group": "domain", "dtype": "int64"}]
   for task in TASKS:
     specs.append({"name": task, "group": "label", "dtype": "int64"})
 
@@ -614,6 +628,418 @@ def prepare(out_dir: str, cache_dir: Optional[str] = None, seed: int = DEFAULT_S
   return out_dir
 
 
+# ---------------------------------------------------------------------------
+# Time-ordered training passes.
+# ---------------------------------------------------------------------------
+
+SECONDS_PER_DAY = 86400
+DEFAULT_PASS_DAYS = 7
+DEFAULT_VALID_FRACTION = 0.1
+PASSES_MANIFEST = "passes.json"
+PASS_FILES = tuple(f"{split}.tfrecord" for split in SPLITS)
+# Admission from training counts for the prior ids of the pass layout: an id needs at
+# least this many counted training rows for an embedding row of its own, and the
+# others share the hashed OOV buckets.
+PASS_ID_MIN_FREQUENCY = 2
+PASS_ID_NUM_OOV_BUCKETS = 4
+# General vocabulary features admit every value seen once, so a value that first
+# occurs in a later pass enters the vocabulary of that pass.
+PASS_GENERAL_MIN_FREQUENCY = 1
+# Fixed boundaries of the domain-side buckets, the same for every pass because the
+# embedding tables of bucketized features keep their size across warm starts.
+# Counts grow with the history: with 7-day passes the largest count of a training row
+# is 14 in the first pass and 216 in the last one. Their boundaries are log-scale:
+# 1, 2, 3, then 4 and 6 times each power of two up to 512. Count 0 has a bucket of
+# its own, and one bucket contains everything from 512 on. Quantiles of the first pass
+# would put most later counts into the top bucket, and quantiles of all passes would
+# give early passes boundaries taken from later periods.
+PASS_COUNT_BOUNDARIES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256,
+                         384, 512)
+# Smoothed rates lie in [0, 1] however long the history is, so an even grid of step
+# 0.05 keeps its meaning in every pass. Short histories keep rates near the prior,
+# longer ones spread them over more buckets.
+PASS_RATE_BOUNDARIES = tuple(round(0.05 * step, 2) for step in range(1, 20))
+_PASS_DIR_PATTERN = re.compile(r"pass_[0-9]{3,}")
+
+
+def assign_periods(timestamps: np.ndarray, pass_days: int) -> Tuple[np.ndarray, int]:
+  """Return the period index of each timestamp and the first period's start.
+
+  Period k covers `[t0 + k * pass_days, t0 + (k + 1) * pass_days)` days, where `t0`
+  is the UTC midnight that starts the day of the earliest timestamp.
+
+  Returns:
+    `(periods, t0)`: int64 array shaped like `timestamps`, and `t0` in Unix seconds.
+  """
+  seconds = np.asarray(timestamps, dtype=np.int64)
+  t0 = int(seconds.min()) // SECONDS_PER_DAY * SECONDS_PER_DAY
+  return (seconds - t0) // (pass_days * SECONDS_PER_DAY), t0
+
+
+def merge_empty_periods(periods: np.ndarray, t0: int,
+                        pass_days: int) -> Tuple[np.ndarray, List[Tuple[int, int]]]:
+  """Merge every period without rows into the next one that has rows.
+
+  Returns:
+    `(merged, windows)`: the merged period of each row (0, 1, ... over the periods
+    that have rows) and the `[start, end)` Unix seconds of each merged period. A
+    merged period starts where the previous one ends, so the windows cover the whole
+    time range without gaps, and only the first one starts at `t0`.
+  """
+  occupied, merged = np.unique(periods, return_inverse=True)
+  length = pass_days * SECONDS_PER_DAY
+  windows = []
+  start = t0
+  for period in occupied.tolist():
+    end = t0 + (period + 1) * length
+    windows.append((start, end))
+    start = end
+  return merged.astype(np.int64).reshape(np.shape(periods)), windows
+
+
+def split_pass_rows(num_rows: int, valid_fraction: float, seed: int,
+                    pass_index: int) -> Tuple[np.ndarray, np.ndarray]:
+  """Split the rows of one pass into training and validation row indices.
+
+  The first `int(num_rows * valid_fraction)` positions of
+  `numpy.random.default_rng([seed, pass_index]).permutation(num_rows)` are the
+  validation rows, so every pass has its own draw. Both index arrays are sorted,
+  which keeps the rows in time order.
+
+  Returns:
+    `(train, valid)`, disjoint sorted index arrays that together hold every row.
+  """
+  permutation = np.random.default_rng([seed, pass_index]).permutation(num_rows)
+  num_valid = int(num_rows * valid_fraction)
+  return np.sort(permutation[num_valid:]), np.sort(permutation[:num_valid])
+
+
+def add_pass_statistics(history: Columns, pass_splits: Dict[str, Columns]) -> Dict[str, float]:
+  """Add the domain-side statistics of one pass to its splits, in place.
+
+  The statistics of pass k come from its cumulative history: the training rows of
+  passes 0 .. k, which are `history` (passes before k) and `pass_splits["train"]`.
+  Training rows of pass k leave their own rating out (`add_domain_statistics` does
+  this), and validation and test rows use the whole history. No row of a later
+  period is read.
+
+  Args:
+    history: columns "item_id", "domain" and the tasks of the earlier passes'
+      training rows.
+    pass_splits: "train", "valid" and "test" columns of pass k.
+
+  Returns:
+    The prior rate of each task, its positive rate over the cumulative history.
+  """
+  stat_columns = ("item_id", "domain") + TASKS
+  num_history = len(history["domain"])
+  combined = {name: np.concatenate([history[name], pass_splits["train"][name]])
+              for name in stat_columns}
+  splits = {"train": combined}
+  # `add_domain_statistics` sizes its tables from every split's largest item id,
+  # which an empty split does not have.
+  for name in ("valid", "test"):
+    if len(pass_splits[name]["domain"]):
+      splits[name] = {column: pass_splits[name][column] for column in stat_columns}
+  priors = add_domain_statistics(splits)
+
+  for feature in DOMAIN_SIDE_FEATURES:
+    pass_splits["train"][feature] = combined[feature][num_history:]
+    for name in ("valid", "test"):
+      if name in splits:
+        pass_splits[name][feature] = splits[name][feature]
+      else:
+        pass_splits[name][feature] = np.zeros(0, dtype=np.float32)
+  return priors
+
+
+def build_pass_feature_config(
+    id_min_frequency: int = PASS_ID_MIN_FREQUENCY,
+    id_num_oov_buckets: int = PASS_ID_NUM_OOV_BUCKETS) -> features_lib.FeatureConfig:
+  """Build the feature config shared by every pass.
+
+  It depends on no data. Every vocabulary feature is admitted from training counts
+  by the trainer (`min_frequency`, no `vocabulary`), and the domain-side features
+  use the fixed `PASS_COUNT_BOUNDARIES` and `PASS_RATE_BOUNDARIES`.
+
+  NOTE: admission counts every value, so the unknown values of `UNKNOWN_VALUES`
+  (director "", release year 0) are admitted like any other value and get rows of
+  their own, whereas the random-split config maps them to OOV.
+  """
+  specs = []
+  for name, dtype in PRIOR_FEATURES:
+    specs.append({"name": name, "group": "prior", "dtype": dtype,
+                  "min_frequency": id_min_frequency, "num_oov_buckets": id_num_oov_buckets})
+  for name, dtype in GENERAL_FEATURES:
+    specs.append({"name": name, "group": "general", "dtype": dtype,
+                  "min_frequency": PASS_GENERAL_MIN_FREQUENCY})
+  for name in DOMAIN_SIDE_FEATURES:
+    boundaries = PASS_COUNT_BOUNDARIES if name == "item_domain_count" else PASS_RATE_BOUNDARIES
+    specs.append({"name": name, "group": "domain_side", "dtype": "float32",
+                  "boundaries": [float(boundary) for boundary in boundaries]})
+  return _config_from_specs(specs)
+
+
+def _iso_date(seconds: int) -> str:
+  return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).date().isoformat()
+
+
+def _check_pass_arguments(pass_days: Any, valid_fraction: Any, id_min_frequency: Any,
+                          id_num_oov_buckets: Any) -> None:
+  for name, value in (("pass_days", pass_days), ("id_min_frequency", id_min_frequency),
+                      ("id_num_oov_buckets", id_num_oov_buckets)):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ValueError(f"{name} must be an integer >= 1. Received: {value!r}")
+  if (not isinstance(valid_fraction, (int, float)) or isinstance(valid_fraction, bool)
+      or not 0 <= valid_fraction < 1):
+    raise ValueError(
+        f"valid_fraction must be a number in [0, 1). Received: {valid_fraction!r}")
+
+
+def _existing_passes(out_dir: str, settings: Mapping[str, Any],
+                     config: features_lib.FeatureConfig) -> Optional[Dict[str, Any]]:
+  """Return the complete manifest in `out_dir` built with `settings`, else None.
+
+  Raises:
+    ValueError: `out_dir` contains passes built with other settings or another
+      feature config, or the random-split dataset, whose feature_config.json the
+      passes would overwrite.
+  """
+  manifest_path = os.path.join(out_dir, PASSES_MANIFEST)
+  if not os.path.exists(manifest_path):
+    default_outputs = [name for name in ("stats.json", "train.tfrecord")
+                       if os.path.exists(os.path.join(out_dir, name))]
+    if default_outputs:
+      raise ValueError(
+          f"{out_dir} contains {', '.join(default_outputs)} of the random-split dataset, "
+          "whose feature_config.json the passes would overwrite. Choose another out dir, "
+          "or pass force=True (--force) to write the passes there anyway.")
+    return None
+
+  try:
+    with open(manifest_path, encoding="utf-8") as handle:
+      manifest = json.load(handle)
+  except (OSError, json.JSONDecodeError) as error:
+    raise ValueError(
+        f"Cannot read {manifest_path}: {error}. Pass force=True (--force) to rebuild "
+        "the passes.") from error
+  differences = [f"{name} {manifest.get(name)!r}, not {value!r}"
+                 for name, value in settings.items() if manifest.get(name) != value]
+  try:
+    existing_config = features_lib.load(os.path.join(out_dir, "feature_config.json"))
+  except features_lib.FeatureConfigError:
+    existing_config = None
+  if existing_config is not None and existing_config.to_dict() != config.to_dict():
+    differences.append("another feature config")
+  if differences:
+    raise ValueError(
+        f"{out_dir} contains passes built with {', '.join(differences)}. Pass force=True "
+        "(--force) to rebuild them, or choose another out dir.")
+
+  expected = ["feature_config.json"] + [
+      os.path.join(entry["name"], name) for entry in manifest.get("passes", [])
+      for name in PASS_FILES]
+  if existing_config is None or not all(
+      os.path.exists(os.path.join(out_dir, name)) for name in expected):
+    return None
+  return manifest
+
+
+def _remove_stale_pass_dirs(out_dir: str, keep: Sequence[str]) -> None:
+  """Delete pass files of an earlier run from pass directories that `keep` lacks.
+
+  Only the files this module writes are deleted, and a directory is removed only
+  when nothing else is left in it.
+  """
+  removed = []
+  for entry in sorted(os.listdir(out_dir)):
+    path = os.path.join(out_dir, entry)
+    if entry in keep or not _PASS_DIR_PATTERN.fullmatch(entry) or not os.path.isdir(path):
+      continue
+    for name in PASS_FILES:
+      for candidate in (name, name + ".tmp"):
+        if os.path.exists(os.path.join(path, candidate)):
+          os.remove(os.path.join(path, candidate))
+    if not os.listdir(path):
+      os.rmdir(path)
+    removed.append(entry)
+  if removed:
+    logging.info("Removed the files of %d passes of an earlier run from %s: %s",
+                 len(removed), out_dir, ", ".join(removed))
+
+
+def write_passes(columns: Columns, out_dir: str, pass_days: int, valid_fraction: float,
+                 seed: int, config: features_lib.FeatureConfig) -> Dict[str, Any]:
+  """Cut ratings into time-ordered passes and write them to `out_dir`.
+
+  Files are written under temporary names and renamed at the end, `passes.json`
+  last, so an interrupted run never leaves a layout that looks complete.
+
+  Args:
+    columns: ratings as returned by `load_ratings`, in any order.
+    out_dir: directory of the pass layout.
+    pass_days: length of a period in days.
+    valid_fraction: share of each pass's rows that become validation rows.
+    seed: seed of the validation draws.
+    config: the feature config written as `feature_config.json`.
+
+  Returns:
+    The content of `passes.json`.
+  """
+  order = np.argsort(columns["timestamp"], kind="stable")
+  columns = {name: values[order] for name, values in columns.items()}
+  periods, t0 = assign_periods(columns["timestamp"], pass_days)
+  merged, windows = merge_empty_periods(periods, t0, pass_days)
+  if len(windows) < 2:
+    raise ValueError(
+        f"All ratings fall into one period of {pass_days} days, but the passes need at "
+        "least two: one to train on and the next to test on. Choose a smaller pass_days.")
+  num_empty = int(periods.max()) + 1 - len(windows)
+  if num_empty:
+    logging.info("Merged %d periods without ratings into the next period.", num_empty)
+
+  manifest_path = os.path.join(out_dir, PASSES_MANIFEST)
+  os.makedirs(out_dir, exist_ok=True)
+  # A rebuild first removes the old manifest, so the directory never claims to hold
+  # a complete layout while its files are being replaced.
+  if os.path.exists(manifest_path):
+    os.remove(manifest_path)
+
+  history = {name: columns[name][:0] for name in ("item_id", "domain") + TASKS}
+  staged = []
+  entries = []
+  for index in range(len(windows) - 1):
+    rows = np.flatnonzero(merged == index)
+    train_rows, valid_rows = split_pass_rows(len(rows), valid_fraction, seed, index)
+    test_rows = np.flatnonzero(merged == index + 1)
+    pass_splits = {
+        "train": {name: values[rows[train_rows]] for name, values in columns.items()},
+        "valid": {name: values[rows[valid_rows]] for name, values in columns.items()},
+        "test": {name: values[test_rows] for name, values in columns.items()},
+    }
+    add_pass_statistics(history, pass_splits)
+    history = {name: np.concatenate([values, pass_splits["train"][name]])
+               for name, values in history.items()}
+
+    name = f"pass_{index + 1:03d}"
+    pass_dir = os.path.join(out_dir, name)
+    os.makedirs(pass_dir, exist_ok=True)
+    for split in SPLITS:
+      path = os.path.join(pass_dir, f"{split}.tfrecord.tmp")
+      write_tfrecord(path, pass_splits[split])
+      staged.append(path)
+    entries.append({
+        "name": name,
+        "start": _iso_date(windows[index][0]),
+        "end": _iso_date(windows[index][1]),
+        "test_start": _iso_date(windows[index + 1][0]),
+        "test_end": _iso_date(windows[index + 1][1]),
+        "train_rows": len(train_rows),
+        "valid_rows": len(valid_rows),
+        "test_rows": len(test_rows),
+    })
+
+  config_path = os.path.join(out_dir, "feature_config.json.tmp")
+  config.save(config_path)
+  for path in staged + [config_path]:
+    os.replace(path, path[:-len(".tmp")])
+  _remove_stale_pass_dirs(out_dir, [entry["name"] for entry in entries])
+
+  manifest = {"dataset": DATASET_NAME, "pass_days": pass_days, "seed": seed,
+              "valid_fraction": valid_fraction, "passes": entries}
+  with open(manifest_path + ".tmp", "w", encoding="utf-8") as handle:
+    json.dump(manifest, handle, indent=2)
+    handle.write("\n")
+  os.replace(manifest_path + ".tmp", manifest_path)
+  return manifest
+
+
+def prepare_passes(out_dir: str, cache_dir: Optional[str] = None,
+                   pass_days: int = DEFAULT_PASS_DAYS,
+                   valid_fraction: float = DEFAULT_VALID_FRACTION, seed: int = DEFAULT_SEED,
+                   force: bool = False, id_min_frequency: int = PASS_ID_MIN_FREQUENCY,
+                   id_num_oov_buckets: int = PASS_ID_NUM_OOV_BUCKETS,
+                   columns: Optional[Columns] = None) -> Dict[str, Any]:
+  """Build the time-ordered pass layout of MovieLens-100K into `out_dir`.
+
+  Ratings are sorted by timestamp and cut into periods of `pass_days` days from the
+  UTC midnight of the first rating. A period without ratings is merged into the
+  next one. Pass k trains on period k, a seeded random `valid_fraction` of it being
+  validation rows, and is tested on every row of period k + 1. The last period is
+  only a test set. Domain-side statistics of pass k come from the training rows of
+  passes 0 .. k (see `add_pass_statistics`).
+
+  Layout: `feature_config.json` (one for all passes, see
+  `build_pass_feature_config`), `passes.json` (settings, and per pass its name,
+  ISO dates and row counts) and `pass_NNN/{train,valid,test}.tfrecord`, with the
+  columns and encodings of the random-split dataset and rows in time order.
+
+  Args:
+    out_dir: directory of the layout.
+    cache_dir: directory that caches the recbole wheel, by default
+      `default_data_dir()/downloads`.
+    pass_days: length of a period in days, at least 1.
+    valid_fraction: share of each pass's rows drawn as validation rows, in [0, 1).
+    seed: seed of the validation draws.
+    force: rebuild even if a complete layout with these settings exists, and write
+      over a layout with other settings.
+    id_min_frequency: `min_frequency` of the prior ids in the feature config.
+    id_num_oov_buckets: `num_oov_buckets` of the prior ids in the feature config.
+    columns: ratings as returned by `load_ratings`. None reads them from the wheel.
+
+  Returns:
+    The content of `passes.json`. If a complete layout with the same settings
+    exists and `force` is false, nothing is rebuilt.
+
+  Raises:
+    DownloadError: the wheel could not be downloaded or has the wrong checksum.
+    ValueError: an argument is invalid, `out_dir` contains other data (see
+      `_existing_passes`), or the ratings span only one period.
+  """
+  _check_pass_arguments(pass_days, valid_fraction, id_min_frequency, id_num_oov_buckets)
+  config = build_pass_feature_config(id_min_frequency, id_num_oov_buckets)
+  settings = {"dataset": DATASET_NAME, "pass_days": pass_days, "seed": seed,
+              "valid_fraction": valid_fraction}
+  if not force:
+    existing = _existing_passes(out_dir, settings, config)
+    if existing is not None:
+      logging.info("All passes exist in %s, so nothing is rebuilt (force=True rebuilds "
+                   "them).", out_dir)
+      return existing
+
+  start = time.time()
+  if columns is None:
+    if cache_dir is None:
+      cache_dir = os.path.join(default_data_dir(), "downloads")
+    wheel_path = fetch_wheel(cache_dir)
+    columns = load_ratings(wheel_path)
+    logging.info("Read %d ratings from %s", len(columns["domain"]), wheel_path)
+  manifest = write_passes(columns, out_dir, pass_days, valid_fraction, seed, config)
+  logging.info("Wrote %d passes to %s in %.1f s", len(manifest["passes"]), out_dir,
+               time.time() - start)
+  return manifest
+
+
+def format_passes_summary(manifest: Mapping[str, Any]) -> str:
+  """Render `passes.json` content as a table of dates and rows per pass."""
+  passes = manifest["passes"]
+  lines = [
+      f"{manifest['dataset']}: {len(passes)} passes of {manifest['pass_days']} days "
+      f"(seed {manifest['seed']}, valid_fraction {manifest['valid_fraction']})",
+      f"{'pass':<9} {'start':<10} {'end':<10} {'train':>6} {'valid':>6} {'test':>6}",
+  ]
+  for entry in passes:
+    lines.append(f"{entry['name']:<9} {entry['start']:<10} {entry['end']:<10} "
+                 f"{entry['train_rows']:>6} {entry['valid_rows']:>6} {entry['test_rows']:>6}")
+  return "\n".join(lines)
+
+
+PASSES_COMMAND = "passes"
+# Flags that only the passes command reads. The default command rejects them.
+_PASSES_FLAGS = ("out", "pass_days", "valid_fraction", "id_min_frequency",
+                 "id_num_oov_buckets")
+
+
 def _define_flags() -> None:
   flags.DEFINE_string(
       "out_dir", None,
@@ -625,14 +1051,44 @@ def _define_flags() -> None:
       f"Directory that caches {WHEEL_FILENAME}. Default: <data dir>/downloads.")
   flags.DEFINE_integer(
       "seed", DEFAULT_SEED,
-      f"Seed of the random 8:1:1 split. {DEFAULT_SEED} gives the reference split.")
+      f"Seed of the random 8:1:1 split, or with `{PASSES_COMMAND}` of the validation "
+      f"draws. {DEFAULT_SEED} gives the reference split.")
   flags.DEFINE_bool("force", False, "Rebuild the outputs even if they already exist.")
+  flags.DEFINE_string(
+      "out", None, f"`{PASSES_COMMAND}` only, required: output directory of the pass layout.")
+  flags.DEFINE_integer(
+      "pass_days", DEFAULT_PASS_DAYS, f"`{PASSES_COMMAND}` only: length of a pass in days.")
+  flags.DEFINE_float(
+      "valid_fraction", DEFAULT_VALID_FRACTION,
+      f"`{PASSES_COMMAND}` only: share of each pass's rows drawn as validation rows, "
+      "in [0, 1).")
+  flags.DEFINE_integer(
+      "id_min_frequency", PASS_ID_MIN_FREQUENCY,
+      f"`{PASSES_COMMAND}` only: min_frequency of user_id, item_id and director in the "
+      "feature config, the training rows an id needs to be admitted.")
+  flags.DEFINE_integer(
+      "id_num_oov_buckets", PASS_ID_NUM_OOV_BUCKETS,
+      f"`{PASSES_COMMAND}` only: num_oov_buckets of user_id, item_id and director.")
 
 
 def main(argv: Sequence[str]) -> int:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {list(argv[1:])}")
-  options = flags.FLAGS
+  """Run the default command (the random 8:1:1 split) or `passes`."""
+  arguments = list(argv[1:])
+  if arguments == [PASSES_COMMAND]:
+    return _run_passes(flags.FLAGS)
+  if arguments:
+    raise app.UsageError(
+        f"Unexpected arguments: {arguments}. The only command is {PASSES_COMMAND!r}, "
+        "and without a command the random 8:1:1 split is built.")
+  passes_flags_set = [f"--{name}" for name in _PASSES_FLAGS if flags.FLAGS[name].present]
+  if passes_flags_set:
+    raise app.UsageError(
+        f"Only the {PASSES_COMMAND!r} command reads {', '.join(passes_flags_set)}: run "
+        f"`python -m data.movielens {PASSES_COMMAND} ...`.")
+  return _run_prepare(flags.FLAGS)
+
+
+def _run_prepare(options: flags.FlagValues) -> int:
   out_dir = options.out_dir or os.path.join(default_data_dir(), DATASET_NAME)
   try:
     prepare(out_dir, cache_dir=options.cache_dir, seed=options.seed, force=options.force)
@@ -643,6 +1099,27 @@ def main(argv: Sequence[str]) -> int:
   with open(os.path.join(out_dir, "stats.json"), encoding="utf-8") as handle:
     print(format_summary(json.load(handle)))
   print(f"Feature config: {os.path.join(out_dir, 'feature_config.json')}")
+  return 0
+
+
+def _run_passes(options: flags.FlagValues) -> int:
+  if options["out_dir"].present:
+    raise app.UsageError(
+        f"The {PASSES_COMMAND!r} command writes to --out, not --out_dir.")
+  if not options.out:
+    raise app.UsageError(f"The {PASSES_COMMAND!r} command needs --out=DIR.")
+  try:
+    manifest = prepare_passes(
+        options.out, cache_dir=options.cache_dir, pass_days=options.pass_days,
+        valid_fraction=options.valid_fraction, seed=options.seed, force=options.force,
+        id_min_frequency=options.id_min_frequency,
+        id_num_oov_buckets=options.id_num_oov_buckets)
+  except (DownloadError, ValueError) as error:
+    logging.error("Preparing the MovieLens-100K passes failed: %s", error)
+    return 1
+
+  print(format_passes_summary(manifest))
+  print(f"Layout: {os.path.join(options.out, PASSES_MANIFEST)}")
   return 0
 
 
