@@ -90,14 +90,16 @@ def _python_value(value: Any, dtype: str) -> Any:
 
 
 def admit(counts: Mapping[Any, int], min_frequency: Optional[int] = None,
-          max_size: Optional[int] = None) -> List[Any]:
+          max_size: Optional[int] = None, unknown_values: Sequence[Any] = ()) -> List[Any]:
   """Admit the values seen at least `min_frequency` times, the most frequent first.
 
   Ties are broken by the value, so the vocabulary does not depend on count order.
-  At most `max_size` values are kept when it is set.
+  At most `max_size` values are kept when it is set, and `unknown_values` never.
   """
   threshold = 1 if min_frequency is None else min_frequency
-  kept = [(count, value) for value, count in counts.items() if count >= threshold]
+  excluded = set(unknown_values)
+  kept = [(count, value) for value, count in counts.items()
+          if count >= threshold and value not in excluded]
   kept.sort(key=lambda item: (-item[0], item[1]))
   if max_size is not None:
     kept = kept[:max_size]
@@ -248,7 +250,8 @@ def admit_vocabularies(config: features_lib.FeatureConfig,
       resolved_specs.append(spec)
       continue
     if spec.admits_from_counts:
-      vocabulary = admit(in_window[spec.name], spec.min_frequency, spec.max_vocabulary_size)
+      vocabulary = admit(in_window[spec.name], spec.min_frequency, spec.max_vocabulary_size,
+                         spec.unknown_values or ())
       if not vocabulary:
         logging.warning(
             "No value of feature %r is seen %s times within the last %d passes; every "

@@ -62,6 +62,8 @@ class FeatureSpec:
   of earlier passes within the admission window, see `pepnet_tf.admission`), keeps
   those seen at least `min_frequency` times, the most frequent first, at most
   `max_vocabulary_size` of them, and writes the result as the feature's vocabulary.
+  Values listed in `unknown_values` (placeholders such as "" or -1 for a missing
+  value) are never admitted, so they always map to an OOV bucket.
   A config that sets both these fields and a vocabulary is one that the trainer
   resolved: models built from it use the vocabulary as is, and the next training
   run counts again.
@@ -79,6 +81,7 @@ class FeatureSpec:
     min_frequency: admit a value into the vocabulary when it occurs at least this
       many times in the counted training data.
     max_vocabulary_size: admit at most this many values, the most frequent first.
+    unknown_values: values that stand for a missing value and are never admitted.
     embedding_dim: width of this feature's embedding; defaults to the config's.
     default: value used where the column is empty; None makes an empty value an error
       (labels default to missing).
@@ -95,6 +98,7 @@ class FeatureSpec:
   boundaries: Optional[List[float]] = None
   min_frequency: Optional[int] = None
   max_vocabulary_size: Optional[int] = None
+  unknown_values: Optional[List[Any]] = None
   embedding_dim: Optional[int] = None
   default: Any = None
   weight: float = 1.0
@@ -361,6 +365,20 @@ def _validate_feature(spec: FeatureSpec) -> None:
         f"{where} needs exactly one of vocabulary, vocabulary_file, hash_buckets, "
         f"boundaries, or min_frequency / max_vocabulary_size (a vocabulary admitted "
         f"from training counts). Received: {encodings or 'none'}")
+  if spec.unknown_values is not None:
+    if not admission:
+      raise FeatureConfigError(
+          f"{where} sets unknown_values, which apply only to a vocabulary admitted from "
+          "counts: set min_frequency or max_vocabulary_size as well.")
+    if not isinstance(spec.unknown_values, list):
+      raise FeatureConfigError(
+          f"{where} needs unknown_values as a list. Received: {spec.unknown_values!r}")
+    expected = str if spec.dtype == "string" else int
+    wrong = [value for value in spec.unknown_values
+             if not isinstance(value, expected) or isinstance(value, bool)]
+    if wrong:
+      raise FeatureConfigError(
+          f"unknown_values of {where} must be {spec.dtype} values. Received: {wrong!r}")
   if spec.embedding_dim is not None and (
       not isinstance(spec.embedding_dim, int) or spec.embedding_dim < 1):
     raise FeatureConfigError(

@@ -54,6 +54,11 @@ class AdmitTest(tf.test.TestCase):
     self.assertEqual(admission.admit(counts, max_size=3), [3, 1, 5])
     self.assertEqual(admission.admit(counts, min_frequency=3, max_size=5), [3, 1])
 
+  def test_unknown_values_never_admitted(self):
+    counts = {"": 9, "a": 2, "b": 1}
+    self.assertEqual(admission.admit(counts, unknown_values=[""]), ["a", "b"])
+    self.assertEqual(admission.admit({-1: 5, 4: 5}, unknown_values=[-1]), [4])
+
   def test_oov_share(self):
     counts = {1: 6, 2: 3, 3: 1}
     self.assertAlmostEqual(admission.oov_share(counts, [1]), 0.4)
@@ -76,10 +81,11 @@ class CountAndAdmitTest(tf.test.TestCase):
 
   def test_first_pass_admits_and_reports(self):
     train = _write_rows(os.path.join(self.dir, "train.csv"),
-                        [1, 1, 1, 2, 2, 3, 4, 4], ["x"] * 8)
+                        [1, 1, 1, 2, 2, 3, 4, 4], ["x"] * 7 + ["none"])
     test = _write_rows(os.path.join(self.dir, "test.csv"), [1, 3, 8, 2], ["x", "y", "x", "x"])
     run_dir = os.path.join(self.dir, "run")
-    result = admission.admit_vocabularies(_config(), [train], run_dir, window=2,
+    config = _config(item_spec={"unknown_values": ["none"]})
+    result = admission.admit_vocabularies(config, [train], run_dir, window=2,
                                           test_files=[test])
     user = result.config.feature("user_id")
     self.assertEqual(result.config.vocabulary_of(user), [1, 2, 4])
@@ -89,6 +95,9 @@ class CountAndAdmitTest(tf.test.TestCase):
     self.assertAlmostEqual(entry["oov_share_test"], 2 / 4)
     self.assertEqual((entry["admitted"], entry["carried"], entry["evicted"]), (3, 0, 0))
     self.assertEqual(result.report["table_sizes"]["user_id"], 3 + 3)
+    item = result.config.feature("item")
+    self.assertEqual(result.config.vocabulary_of(item), ["x"])
+    self.assertAlmostEqual(result.report["features"]["item"]["oov_share_train"], 1 / 8)
     self.assertEqual(result.report["table_sizes"]["rate"], 2)
     self.assertEqual(result.report["pass"], 1)
     self.assertEqual(admission.read_report(run_dir), json.loads(json.dumps(result.report)))
@@ -199,6 +208,10 @@ class AdmissionConfigTest(tf.test.TestCase):
         ({"min_frequency": True}, "min_frequency >= 1"),
         ({"hash_buckets": 10}, "admission applies to vocabularies only"),
         ({"vocabulary": [1], "vocabulary_file": "v.txt"}, "at most one of vocabulary"),
+        ({"unknown_values": ["x"]}, r"must be int64 values"),
+        ({"unknown_values": -1}, "needs unknown_values as a list"),
+        ({"min_frequency": None, "vocabulary": [1], "unknown_values": [-1]},
+         "apply only to a vocabulary admitted"),
     ]
     for spec, message in cases:
       with self.subTest(spec=spec):
