@@ -1879,6 +1879,11 @@ def build_pass_feature_config(counts: PassCounts, plan: PassPlan, domains: Domai
       spec["num_oov_buckets"] = options.prior_oov_buckets
     else:
       spec["min_frequency"] = GENERAL_MIN_FREQUENCY
+    # Placeholders of a missing value stay in the OOV buckets, as in the other splits.
+    if dtype == "string":
+      spec["unknown_values"] = [""]
+    elif name == "author_id":
+      spec["unknown_values"] = [UNKNOWN_AUTHOR]
     return spec
 
   return assemble_feature_config(admitted_spec, boundaries, domains)

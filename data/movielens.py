@@ -760,11 +760,9 @@ def build_pass_feature_config(
 
   It depends on no data. Every vocabulary feature is admitted from training counts
   by the trainer (`min_frequency`, no `vocabulary`), and the domain-side features
-  use the fixed `PASS_COUNT_BOUNDARIES` and `PASS_RATE_BOUNDARIES`.
-
-  NOTE: admission counts every value, so the unknown values of `UNKNOWN_VALUES`
-  (director "", release year 0) are admitted like any other value and get rows of
-  their own, whereas the random-split config maps them to OOV.
+  use the fixed `PASS_COUNT_BOUNDARIES` and `PASS_RATE_BOUNDARIES`. The
+  placeholders of `UNKNOWN_VALUES` (director "", release year 0) are listed as
+  `unknown_values`, so they map to OOV as in the random-split config.
   """
   specs = []
   for name, dtype in PRIOR_FEATURES:
@@ -773,6 +771,9 @@ def build_pass_feature_config(
   for name, dtype in GENERAL_FEATURES:
     specs.append({"name": name, "group": "general", "dtype": dtype,
                   "min_frequency": PASS_GENERAL_MIN_FREQUENCY})
+  for spec in specs:
+    if spec["name"] in UNKNOWN_VALUES:
+      spec["unknown_values"] = [UNKNOWN_VALUES[spec["name"]]]
   for name in DOMAIN_SIDE_FEATURES:
     boundaries = PASS_COUNT_BOUNDARIES if name == "item_domain_count" else PASS_RATE_BOUNDARIES
     specs.append({"name": name, "group": "domain_side", "dtype": "float32",
