@@ -86,9 +86,9 @@ class EPNetTest(tf.test.TestCase, parameterized.TestCase):
       loss = tf.reduce_sum(outputs)
     gradient = tape.gradient(loss, general)
 
-    # (batch_size, domain_width + general_width), the gate's own input
-    gate_input = tf.concat([domain_side, tf.reshape(general, [4, -1])], axis=-1)
-    delta = epnet.gate(gate_input)
+    # The gate's own input, domain_side ⊕ general, passed as EPNet passes it so that
+    # the rounding matches.
+    delta = epnet.gate((domain_side, tf.reshape(general, [4, -1])))
     if mode == "field":
       # (batch_size, num_fields) -> (batch_size, num_fields, embedding_dim)
       delta = tf.broadcast_to(delta[:, :, tf.newaxis], general_shape)

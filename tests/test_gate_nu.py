@@ -80,6 +80,49 @@ class GateNUTest(tf.test.TestCase, parameterized.TestCase):
     self.assertAllGreater(values, 0.0)
     self.assertAllLess(values, 2.0)
 
+  def test_pair_matches_concatenated_input(self):
+    gate = GateNU(units=4, hidden_units=6,
+                  bias_initializer=tf.keras.initializers.RandomNormal(stddev=0.5, seed=3))
+    inputs = tf.constant(self.random_inputs(5, 3))
+    stopped = tf.constant(self.random_inputs(5, 2))
+
+    with tf.GradientTape(persistent=True) as tape:
+      tape.watch([inputs, stopped])
+      values = gate((inputs, stopped))
+      loss = tf.reduce_sum(values * tf.range(4, dtype=tf.float32))
+    gradients = tape.gradient(loss, [inputs, stopped] + gate.trainable_weights)
+
+    expected = gate_reference(
+        np.concatenate([inputs, stopped], axis=-1).astype(np.float64),
+        *gate_weights(gate), 2.0)
+    self.assertAllClose(expected, values, rtol=1e-5, atol=1e-6)
+    self.assertIsNone(gradients[1])
+
+    # The same gate on the concatenation, stopped by hand, gives the same gradients.
+    with tf.GradientTape() as tape:
+      tape.watch(inputs)
+      concatenated = tf.concat([inputs, tf.stop_gradient(stopped)], axis=-1)
+      loss = tf.reduce_sum(gate(concatenated) * tf.range(4, dtype=tf.float32))
+    expected_gradients = tape.gradient(loss, [inputs] + gate.trainable_weights)
+    self.assertAllClose(expected_gradients[0], gradients[0], rtol=1e-5, atol=1e-6)
+    for expected_gradient, gradient in zip(expected_gradients[1:], gradients[2:]):
+      self.assertAllClose(expected_gradient, gradient, rtol=1e-5, atol=1e-6)
+
+  def test_pair_weights_span_both_widths(self):
+    gate = GateNU(units=4, hidden_units=5)
+
+    values = gate((tf.ones((2, 3)), tf.ones((2, 7))))
+
+    self.assertEqual(values.shape, (2, 4))
+    self.assertEqual(gate.hidden_layer.kernel.shape, (10, 5))
+    self.assertEqual(gate.compute_output_shape(((2, 3), (2, 7))), (2, 4))
+    # A built gate also takes the concatenation as one tensor.
+    self.assertAllClose(values, gate(tf.ones((2, 10))))
+
+  def test_pair_input_rank(self):
+    with self.assertRaisesRegex(ValueError, "GateNU expects a 2-D input"):
+      GateNU(units=4)((tf.ones((2, 3)), tf.ones((2, 3, 4))))
+
   @parameterized.named_parameters(
       ("gamma_half", 0.5),
       ("gamma_two", 2.0),

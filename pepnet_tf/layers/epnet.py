@@ -119,9 +119,9 @@ class EPNet(tf.keras.layers.Layer):
     general_flat = _shapes.flatten_embeddings(general_embeddings, "general_embeddings")
     # (batch_size, domain_width)
     domain_flat = _shapes.flatten_embeddings(domain_embeddings, "domain_embeddings")
-    # (batch_size, domain_width + general_width)
-    gate_input = tf.concat([domain_flat, tf.stop_gradient(general_flat)], axis=-1)
-    delta = self.gate(gate_input)
+    # The gate reads domain_flat ⊕ stop_gradient(general_flat), (batch_size,
+    # domain_width + general_width), without forming the concatenation.
+    delta = self.gate((domain_flat, general_flat))
 
     if self.mode == "field":
       # (batch_size, num_fields) -> (batch_size, num_fields, 1), broadcast over units

@@ -38,7 +38,11 @@ class GateNU(tf.keras.layers.Layer):
     **kwargs: base `tf.keras.layers.Layer` arguments.
 
   Input shape:
-    2-D tensor with shape `(batch_size, input_dim)`.
+    2-D tensor with shape `(batch_size, input_dim)`, or a pair `(inputs,
+    stopped_inputs)` of 2-D tensors whose widths sum to `input_dim`. A pair computes
+    the gate of `inputs ⊕ stop_gradient(stopped_inputs)` with the first kernel split
+    by rows, so it neither forms the concatenation nor computes a gradient for
+    `stopped_inputs` in training.
 
   Output shape:
     2-D tensor with shape `(batch_size, units)`.
@@ -92,25 +96,38 @@ class GateNU(tf.keras.layers.Layer):
         name="output")
 
   def build(self, input_shape):
-    input_shape = tf.TensorShape(input_shape)
-    if input_shape.rank != 2:
-      raise ValueError(
-          "GateNU expects a 2-D input `(batch_size, input_dim)`. "
-          f"Received: input shape={input_shape}")
-    if input_shape[-1] is None:
-      raise ValueError(
-          f"GateNU needs a known input width. Received: input shape={input_shape}")
+    if _is_shape_pair(input_shape):
+      # A pair `(inputs, stopped_inputs)`: the kernel spans both widths.
+      shapes = [_check_2d(shape) for shape in input_shape]
+      input_shape = tf.TensorShape([shapes[0][0], shapes[0][1] + shapes[1][1]])
+    else:
+      input_shape = _check_2d(input_shape)
     self.hidden_layer.build(input_shape)
     self.output_layer.build((input_shape[0], self.hidden_units))
     super().build(input_shape)
 
   def call(self, inputs):
-    # inputs: (batch_size, input_dim) -> hidden: (batch_size, hidden_units)
-    hidden = self.hidden_layer(inputs)
+    if isinstance(inputs, (list, tuple)):
+      inputs, stopped_inputs = inputs
+      # The kernel's rows for inputs and for stopped_inputs. A split, whose gradient
+      # is one concatenation, costs less than two slices.
+      kernel, stopped_kernel = tf.split(
+          self.hidden_layer.kernel, [inputs.shape[-1], stopped_inputs.shape[-1]])
+      # (batch_size, width) x (width, hidden_units)
+      #   + (batch_size, stopped_width) x (stopped_width, hidden_units), which equals
+      # the product of the concatenated input with the whole kernel.
+      hidden = tf.matmul(inputs, kernel) + tf.matmul(
+          tf.stop_gradient(stopped_inputs), stopped_kernel)
+      hidden = self.hidden_activation(tf.nn.bias_add(hidden, self.hidden_layer.bias))
+    else:
+      # inputs: (batch_size, input_dim) -> hidden: (batch_size, hidden_units)
+      hidden = self.hidden_layer(inputs)
     # (batch_size, units), each value in (0, gamma)
     return self.gamma * self.output_layer(hidden)
 
   def compute_output_shape(self, input_shape):
+    if _is_shape_pair(input_shape):
+      input_shape = input_shape[0]
     return tf.TensorShape(input_shape)[:-1].concatenate([self.units])
 
   def get_config(self):
@@ -126,3 +143,20 @@ class GateNU(tf.keras.layers.Layer):
         "bias_regularizer": tf.keras.regularizers.serialize(self.bias_regularizer),
     })
     return config
+
+
+def _is_shape_pair(input_shape) -> bool:
+  """Whether `input_shape` contains the two shapes of `(inputs, stopped_inputs)`."""
+  return (isinstance(input_shape, (list, tuple)) and len(input_shape) == 2
+          and all(isinstance(shape, (tf.TensorShape, list, tuple)) for shape in input_shape))
+
+
+def _check_2d(shape) -> tf.TensorShape:
+  """Return `shape` as a TensorShape, or raise ValueError unless it is 2-D with a known width."""
+  shape = tf.TensorShape(shape)
+  if shape.rank != 2:
+    raise ValueError(
+        f"GateNU expects a 2-D input `(batch_size, input_dim)`. Received: input shape={shape}")
+  if shape[-1] is None:
+    raise ValueError(f"GateNU needs a known input width. Received: input shape={shape}")
+  return shape

@@ -205,8 +205,9 @@ class PPNet(tf.keras.layers.Layer):
         raise ValueError(
             "`prior_embeddings` must not be empty: PPNet's gates exist to read the "
             f"prior ids. Received: shape={prior_embeddings.shape}")
-      # (batch_size, prior_width + o_ep_width)
-      gate_input = tf.concat([prior_flat, tf.stop_gradient(o_ep_flat)], axis=-1)
+      # The gate reads prior_flat ⊕ stop_gradient(o_ep_flat), (batch_size,
+      # prior_width + o_ep_width), without forming the concatenation.
+      gate_input = (prior_flat, o_ep_flat)
 
     # (num_tasks, batch_size, o_ep_width): every tower starts from O_ep
     hidden = tf.broadcast_to(o_ep_flat, [self.num_tasks, batch_size, o_ep_flat.shape[-1]])
