@@ -11,6 +11,7 @@ from pepnet_tf.embedding import FeatureEmbeddings
 from pepnet_tf.layers import DomainHeads, EPNet, PPNet
 
 PPNET_GATE_INPUTS = ("prior", "general")
+TRAIN_METRICS = ("loss", "task", "all")
 
 
 class PEPNet(tf.keras.Model):
@@ -27,6 +28,12 @@ class PEPNet(tf.keras.Model):
   (per-domain or shared Adagrad) when one is given, else with the compiled optimizer.
   The loss is the weighted sum over tasks of binary cross-entropy, masked where a
   label is missing (negative), averaged over the global batch.
+
+  Validation and `evaluate` update every metric: the loss, AUC and log loss per task
+  and AUC per task and domain. `train_metrics` sets which of them a training step
+  updates: "task" (the default) skips the per-domain AUC, whose cost grows with the
+  number of domains, "loss" keeps only the loss and "all" updates every metric.
+  Early stopping reads the validation metrics, which all three settings keep.
 
   Ablations: `use_epnet=False` feeds the general embeddings to the towers unscaled,
   `use_ppnet=False` removes PPNet's gates, and `ppnet_gate_input="general"` feeds
@@ -52,6 +59,8 @@ class PEPNet(tf.keras.Model):
     prior_in_towers: whether the prior embeddings also join the tower input.
       Defaults to True.
     embedding_optimizer: a `DomainAdagrad` for the tables, or None.
+    train_metrics: "task" (default), "loss" or "all", the metrics that a training
+      step updates, see above.
     **kwargs: base `tf.keras.Model` arguments.
   """
 
@@ -67,12 +76,17 @@ class PEPNet(tf.keras.Model):
                ppnet_gate_input: str = "prior",
                prior_in_towers: bool = True,
                embedding_optimizer: Optional[optimizers_lib.DomainAdagrad] = None,
+               train_metrics: str = "task",
                **kwargs):
     super().__init__(**kwargs)
     if ppnet_gate_input not in PPNET_GATE_INPUTS:
       raise ValueError(
           f"`ppnet_gate_input` must be one of {PPNET_GATE_INPUTS}. "
           f"Received: ppnet_gate_input={ppnet_gate_input!r}")
+    if train_metrics not in TRAIN_METRICS:
+      raise ValueError(
+          f"`train_metrics` must be one of {TRAIN_METRICS}. "
+          f"Received: train_metrics={train_metrics!r}")
     if embedding_optimizer is not None and embedding_optimizer.num_domains != config.num_domains:
       raise ValueError(
           f"`embedding_optimizer` has {embedding_optimizer.num_domains} domains, but the "
@@ -109,6 +123,7 @@ class PEPNet(tf.keras.Model):
     self.heads = DomainHeads(num_domains=config.num_domains, task_names=self.task_names,
                              name="domain_heads")
     self.embedding_optimizer = embedding_optimizer
+    self.train_metrics = train_metrics
 
     self.loss_tracker = tf.keras.metrics.Mean(name="loss")
     self.task_metrics = {}
@@ -192,10 +207,13 @@ class PEPNet(tf.keras.Model):
       total += self.task_weights[name] * tf.nn.compute_average_loss(per_example)
     return total
 
-  def _update_metrics(self, labels, logits, domain_index, loss):
+  def _update_metrics(self, labels, logits, domain_index, loss, level: str = "all"):
+    """Update the metrics of `level` (see `TRAIN_METRICS`) and return them."""
     # compute_average_loss divides each replica's loss by num_replicas_in_sync for
     # the gradient sum; the metric logs each replica's mean loss instead.
     self.loss_tracker.update_state(loss * tf.distribute.get_strategy().num_replicas_in_sync)
+    if level == "loss":
+      return [self.loss_tracker]
     for name in self.task_names:
       label = tf.reshape(tf.cast(labels[name], tf.float32), [-1])
       present = tf.cast(label >= 0.0, tf.float32)
@@ -204,10 +222,16 @@ class PEPNet(tf.keras.Model):
       self.task_metrics[f"auc/{name}"].update_state(label, probability, present)
       self.task_metrics[f"logloss/{name}"].update_state(
           label[:, tf.newaxis], probability[:, tf.newaxis], present)
-      for domain in range(self.feature_config.num_domains):
-        weight = present * tf.cast(tf.equal(domain_index, domain), tf.float32)
-        self.task_metrics[f"auc/{name}/domain_{domain}"].update_state(
-            label, probability, weight)
+      if level == "all":
+        for domain in range(self.feature_config.num_domains):
+          weight = present * tf.cast(tf.equal(domain_index, domain), tf.float32)
+          self.task_metrics[f"auc/{name}/domain_{domain}"].update_state(
+              label, probability, weight)
+    if level == "all":
+      return self.metrics
+    return [self.loss_tracker] + [
+        self.task_metrics[f"{kind}/{name}"]
+        for name in self.task_names for kind in ("auc", "logloss")]
 
   def train_step(self, data):
     features, labels = data[0], data[1]
@@ -239,8 +263,8 @@ class PEPNet(tf.keras.Model):
       self.optimizer.apply_gradients(zip(dense_gradients, dense_variables))
       self.embedding_optimizer.apply(tables, row_gradients, row_ids, domain_index)
 
-    self._update_metrics(labels, logits, domain_index, loss)
-    return self.get_metrics_result()
+    updated = self._update_metrics(labels, logits, domain_index, loss, self.train_metrics)
+    return self._metrics_result(updated)
 
   def test_step(self, data):
     features, labels = data[0], data[1]
@@ -252,10 +276,14 @@ class PEPNet(tf.keras.Model):
     return self.get_metrics_result()
 
   def get_metrics_result(self):
-    results = {metric.name: metric.result() for metric in self.metrics}
-    # Mean AUC over tasks: early stopping watches all tasks, not one.
-    results["auc_mean"] = tf.add_n(
-        [results[f"auc/{name}"] for name in self.task_names]) / len(self.task_names)
+    return self._metrics_result(self.metrics)
+
+  def _metrics_result(self, metrics):
+    results = {metric.name: metric.result() for metric in metrics}
+    if all(f"auc/{name}" in results for name in self.task_names):
+      # Mean AUC over tasks: early stopping watches all tasks, not one.
+      results["auc_mean"] = tf.add_n(
+          [results[f"auc/{name}"] for name in self.task_names]) / len(self.task_names)
     return results
 
   @property

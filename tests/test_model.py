@@ -175,6 +175,36 @@ class PEPNetTest(tf.test.TestCase, parameterized.TestCase):
     # The PPNet gate scales the wider input: 2 tasks x 16 outputs.
     self.assertEqual(counts["ppnet_gates"], (8 + 16) * 5 + 5 + 5 * 32 + 32)
 
+  @parameterized.named_parameters(
+      ("loss", "loss", ["loss"]),
+      ("task", "task", ["auc/click", "auc/like", "auc_mean", "logloss/click",
+                        "logloss/like", "loss"]),
+      ("all", "all", ["auc/click", "auc/click/domain_0", "auc/click/domain_1",
+                      "auc/click/domain_2", "auc/like", "auc/like/domain_0",
+                      "auc/like/domain_1", "auc/like/domain_2", "auc_mean",
+                      "logloss/click", "logloss/like", "loss"]))
+  def test_train_metrics_logged(self, train_metrics, expected_keys):
+    model = PEPNet(_config(), hidden_units=[8], train_metrics=train_metrics)
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+    data = tf.data.Dataset.from_tensors(_batch(size=32))
+
+    history = model.fit(data.repeat(2), validation_data=data, verbose=0)
+
+    train_keys = sorted(key for key in history.history if not key.startswith("val_"))
+    self.assertEqual(train_keys, expected_keys)
+    # Validation updates every metric whatever train_metrics is.
+    self.assertIn("val_auc/like/domain_2", history.history)
+    self.assertIn("val_auc_mean", history.history)
+    self.assertEqual(sorted(model.evaluate(data, return_dict=True, verbose=0)),
+                     ["auc/click", "auc/click/domain_0", "auc/click/domain_1",
+                      "auc/click/domain_2", "auc/like", "auc/like/domain_0",
+                      "auc/like/domain_1", "auc/like/domain_2", "auc_mean",
+                      "logloss/click", "logloss/like", "loss"])
+
+  def test_invalid_train_metrics_raises(self):
+    with self.assertRaisesRegex(ValueError, "`train_metrics` must be one of"):
+      PEPNet(_config(), train_metrics="domain")
+
   def test_invalid_gate_input_raises(self):
     with self.assertRaisesRegex(ValueError, "ppnet_gate_input"):
       PEPNet(_config(), ppnet_gate_input="user")
