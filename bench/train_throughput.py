@@ -31,12 +31,19 @@ flags.DEFINE_integer("batch_size", 1024, "Batch size.")
 flags.DEFINE_list("optimizers", ["per_domain", "shared", "adam"],
                   "Embedding optimizers to compare.")
 flags.DEFINE_string("data_dir", None, "Prepared MovieLens-100K; default cache if unset.")
+flags.DEFINE_integer("steps_per_execution", None,
+                     "Training steps per call of the compiled training function; unset "
+                     "keeps the TrainConfig default.")
+flags.DEFINE_integer("gate_hidden_units", None,
+                     "Hidden width of every Gate NU; unset keeps the TrainConfig default.")
 
 
 def _measure(optimizer: str, dataset, steps: int, num_examples: int, paths) -> float:
   """Examples/second of the epochs after the first, for one fresh model."""
+  options = {name: FLAGS[name].value for name in ("steps_per_execution", "gate_hidden_units")
+             if FLAGS[name].value is not None}
   config = training.TrainConfig(model_dir="", embedding_optimizer=optimizer,
-                                batch_size=FLAGS.batch_size)
+                                batch_size=FLAGS.batch_size, **options)
   feature_config = features_lib.load(paths.feature_config)
   model = training.build_model(config, feature_config)
   timer = EpochTimer()
@@ -47,6 +54,7 @@ def _measure(optimizer: str, dataset, steps: int, num_examples: int, paths) -> f
 
 def main(argv):
   del argv
+  load_at_start = os.getloadavg()[0]
   paths = training.resolve_data(training.TrainConfig(model_dir="", data_dir=FLAGS.data_dir))
   feature_config = features_lib.load(paths.feature_config)
   num_examples = input_lib.count_records(feature_config, paths.train)
@@ -82,7 +90,11 @@ def main(argv):
     summary["per_domain_overhead_vs_shared"] = (
         results["shared"]["compute_only_examples_per_sec"]
         / results["per_domain"]["compute_only_examples_per_sec"] - 1)
-  summary.update(variants=results, batch_size=FLAGS.batch_size, cores=os.cpu_count(),
+  config = training.TrainConfig(model_dir="")
+  summary.update(variants=results, batch_size=FLAGS.batch_size,
+                 steps_per_execution=FLAGS.steps_per_execution or config.steps_per_execution,
+                 gate_hidden_units=FLAGS.gate_hidden_units or config.gate_hidden_units,
+                 load_average_1min=[load_at_start, os.getloadavg()[0]], cores=os.cpu_count(),
                  tensorflow=tf.__version__, machine=platform.machine(),
                  date=time.strftime("%Y-%m-%d"))
   print(json.dumps(summary))
