@@ -518,3 +518,28 @@ def test_daily_stats_json(daily):
       np.mean([row["long_view"] for row in day_train]), abs=1e-6)
   assert saved["random_rows_outside_test_periods"] == 0
   assert stats["passes"] == saved["passes"]
+
+
+def test_pass_runner_trains_daily_passes(daily, tmp_path):
+  from pepnet_tf import passes  # pylint: disable=g-import-not-at-top
+  from pepnet_tf import training  # pylint: disable=g-import-not-at-top
+
+  out, _, _ = daily
+  template = training.TrainConfig(model_dir="", batch_size=64, epochs=1, hidden_units=[8],
+                                  shuffle_buffer=256, admission_window=2, verbose=0)
+  root = str(tmp_path / "runs")
+  summaries = passes.run_passes(template, out, root, last=2)
+  assert [summary["name"] for summary in summaries] == ["pass_001", "pass_002"]
+  assert summaries[1]["warm_start_from"] == os.path.join(root, "pass_001")
+  for summary in summaries:
+    for task in kuairand.TASKS:
+      assert f"auc/{task}" in summary["test_metrics"]
+    for name in kuairand.PRIOR_FEATURES:
+      table = summary["tables"][name]
+      assert table["table_size"] == table["vocabulary_size"] + 8
+  # The unknown author (-1) is never admitted, so it maps to an OOV bucket.
+  config = features_lib.load(os.path.join(root, "pass_002", "feature_config.json"))
+  author = config.feature("author_id")
+  assert kuairand.UNKNOWN_AUTHOR not in config.vocabulary_of(author)
+  exports = glob.glob(os.path.join(root, "pass_002", "export", "*", "saved_model.pb"))
+  assert len(exports) == 1
