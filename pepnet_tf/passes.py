@@ -169,9 +169,9 @@ def write_report(root: str, names: Sequence[str]) -> Optional[str]:
 def format_markdown(summaries: Sequence[Mapping[str, Any]]) -> str:
   """Format the summaries as two Markdown tables: test metrics, then the id tables.
 
-  In the second table each prior feature shows `table size (+admitted -evicted)`
-  (the size alone for a fixed table), and its share of test rows that hit an OOV
-  bucket.
+  In the second table each prior feature shows `table size: carried kept +admitted
+  -evicted` (the size alone for a fixed table), and its share of test rows that hit
+  an OOV bucket.
   """
   tasks = summaries[0]["tasks"]
   priors = summaries[0]["prior_features"]
@@ -186,7 +186,7 @@ def format_markdown(summaries: Sequence[Mapping[str, Any]]) -> str:
         + [_number(metrics.get(f"auc/{task}")) for task in tasks]
         + [_number(metrics.get(f"gauc/{task}")) for task in tasks]))
 
-  header = ["pass"] + [f"{name} rows (+new -evicted)" for name in priors] + [
+  header = ["pass"] + [f"{name} rows: kept +new -evicted" for name in priors] + [
       f"{name} OOV test" for name in priors]
   lines += ["", _row(header), _row(["---"] * len(header))]
   for summary in summaries:
@@ -194,7 +194,8 @@ def format_markdown(summaries: Sequence[Mapping[str, Any]]) -> str:
     for name in priors:
       table = summary["tables"][name]
       if "admitted" in table:
-        cells.append(f"{table['table_size']} (+{table['admitted']} -{table['evicted']})")
+        cells.append(f"{table['table_size']}: {table['carried']} kept "
+                     f"+{table['admitted']} -{table['evicted']}")
       else:
         # A hashed or bucketized feature has a fixed table.
         cells.append(str(table["table_size"]))

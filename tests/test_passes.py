@@ -74,8 +74,8 @@ class PassesTest(tf.test.TestCase):
     with open(os.path.join(root, passes.REPORT_MARKDOWN), encoding="utf-8") as handle:
       markdown = handle.read()
     self.assertIn("| pass_002 | day 2 .. day 3 | 300 | 100 |", markdown)
-    self.assertIn(f"{second['table_size']} (+{second['admitted']} -{second['evicted']})",
-                  markdown)
+    self.assertIn(f"{second['table_size']}: {second['carried']} kept +{second['admitted']} "
+                  f"-{second['evicted']}", markdown)
     report = json.load(open(os.path.join(root, passes.REPORT_JSON)))
     self.assertEqual(report, summaries)
 
