@@ -226,6 +226,19 @@ class WarmStartTest(tf.test.TestCase):
     with self.assertRaisesRegex(warm_start_lib.IncompatibleModelError, r"age\.boundaries"):
       training.train(config)
 
+  def test_warm_start_under_mirrored_strategy(self):
+    model_dir = tempfile.mkdtemp(dir=self.get_temp_dir())
+    result = training.train(_config(self.second, model_dir, epochs=1, strategy="mirrored",
+                                    warm_start_from=self.first_dir))
+    self.assertEqual(result["warm_start"], self.result["warm_start"])
+    self.assertIn("auc/click", result["test_metrics"])
+
+  def test_warm_start_under_parameter_server_raises(self):
+    config = _config(self.second, tempfile.mkdtemp(dir=self.get_temp_dir()),
+                     strategy="parameter_server", warm_start_from=self.first_dir)
+    with self.assertRaisesRegex(ValueError, "not supported under strategy 'parameter_server'"):
+      config.validate()
+
   def test_missing_previous_run_raises(self):
     config = _config(self.second, tempfile.mkdtemp(dir=self.get_temp_dir()),
                      warm_start_from=os.path.join(self.root, "no_such_run"))
