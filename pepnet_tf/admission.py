@@ -22,7 +22,7 @@ A run writes under `model_dir/admission/`:
                             the share of training and test rows that hit OOV
 
 and the resolved feature config, with the admitted vocabularies, goes to
-`model_dir/feature_config.json`, large vocabularies to `model_dir/vocabularies/`.
+`model_dir/feature_config.json`.
 `pepnet_tf.warm_start` then carries the rows (and optimizer state) of the ids that
 stay over.
 """
@@ -30,7 +30,6 @@ stay over.
 import dataclasses
 import json
 import os
-import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from absl import logging
@@ -43,12 +42,8 @@ from pepnet_tf import input as input_lib
 ADMISSION_DIR = "admission"
 STATE_FILE = "state.json"
 REPORT_FILE = "report.json"
-VOCABULARY_DIR = "vocabularies"
 DEFAULT_WINDOW = 7
-# Vocabularies up to this size are written into the feature config itself.
-INLINE_VOCABULARY_MAX = 1000
 _COUNT_BATCH_SIZE = 8192
-_SAFE_FILE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 Counts = Dict[Any, int]
 
@@ -211,8 +206,8 @@ def admit_vocabularies(config: features_lib.FeatureConfig,
     config: the dataset's feature config; features with `min_frequency` or
       `max_vocabulary_size` get their vocabulary from counts.
     train_files: this pass's training files.
-    model_dir: the run directory that receives the counts, state, report and
-      vocabulary files; None writes nothing (every vocabulary goes inline).
+    model_dir: the run directory that receives the counts, state and report; None
+      writes nothing.
     window: number of most recent passes, this one included, whose counts decide
       admission; at least 1.
     previous_dir: the run directory of the previous pass, or None for a first pass.
@@ -259,9 +254,9 @@ def admit_vocabularies(config: features_lib.FeatureConfig,
             len(window_passes), spec.num_oov_buckets)
     else:
       vocabulary = config.vocabulary_of(spec)
-    # Every vocabulary moves into the run directory, so that it stays whole when the
-    # data directory changes or goes.
-    spec = _with_vocabulary(spec, vocabulary, model_dir)
+    # Every vocabulary goes inline into the run's config, so that the run stays whole
+    # when the data directory changes or goes.
+    spec = _with_vocabulary(spec, vocabulary)
     resolved_specs.append(spec)
     entry = {
         "vocabulary_size": len(vocabulary),
@@ -315,23 +310,14 @@ def admit_vocabularies(config: features_lib.FeatureConfig,
   return AdmissionResult(resolved, report)
 
 
-def _with_vocabulary(spec: features_lib.FeatureSpec, vocabulary: List[Any],
-                     model_dir: Optional[str]) -> features_lib.FeatureSpec:
-  """Return `spec` with its vocabulary, inline or in a file under `model_dir`."""
-  # A text file contains one value per line, so an empty or multi-line string stays inline.
-  fits_file = (model_dir is not None and len(vocabulary) > INLINE_VOCABULARY_MAX
-               and _SAFE_FILE_NAME.match(spec.name) is not None
-               and all(str(value).strip() and "\n" not in str(value) and "\r" not in str(value)
-                       for value in vocabulary))
-  if not fits_file:
-    return dataclasses.replace(spec, vocabulary=list(vocabulary), vocabulary_file=None)
-  relative = os.path.join(VOCABULARY_DIR, f"{spec.name}.txt")
-  path = os.path.join(model_dir, relative)
-  tf.io.gfile.makedirs(os.path.dirname(path))
-  with tf.io.gfile.GFile(path + ".tmp", "w") as handle:
-    handle.write("".join(f"{value}\n" for value in vocabulary))
-  tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
-  return dataclasses.replace(spec, vocabulary=None, vocabulary_file=relative)
+def _with_vocabulary(spec: features_lib.FeatureSpec,
+                     vocabulary: List[Any]) -> features_lib.FeatureSpec:
+  """Return `spec` with `vocabulary` written into the config itself.
+
+  An inline vocabulary keeps the config whole wherever it is read: a copy of the run
+  directory, `FeatureConfig.to_dict`, or a Keras layer config.
+  """
+  return dataclasses.replace(spec, vocabulary=list(vocabulary), vocabulary_file=None)
 
 
 def format_report(report: Mapping[str, Any]) -> str:
