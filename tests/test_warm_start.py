@@ -263,7 +263,7 @@ class OptimizerStateOrderTest(tf.test.TestCase):
         trained = training.build_model(config, feature_config)
         dataset = training.input_lib.make_dataset(feature_config, [paths["train"]], 64,
                                                   training=False)
-        trained.fit(dataset, epochs=1, verbose=0)
+        trained.fit(dataset, epochs=1, steps_per_epoch=4, verbose=0)
         path = training.make_checkpoint(trained).save(os.path.join(data_dir, mode, "ckpt"))
 
         restored = training.restore_model(config, feature_config, path, optimizer_state=True)
