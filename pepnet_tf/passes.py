@@ -31,6 +31,10 @@ MANIFEST = "passes.json"
 SUMMARY_FILE = "pass_summary.json"
 REPORT_JSON = "passes_report.json"
 REPORT_MARKDOWN = "passes_report.md"
+SETTINGS_FILE = "passes_settings.json"
+# Fields of TrainConfig that each pass sets itself, or that do not change results.
+_PER_PASS_FIELDS = ("model_dir", "feature_config", "train_files", "valid_files",
+                    "test_files", "warm_start_from", "verbose")
 
 
 def read_manifest(passes_dir: str) -> List[Dict[str, Any]]:
@@ -83,6 +87,7 @@ def run_passes(template: training.TrainConfig, passes_dir: str, root: str,
   if not 1 <= first <= last <= len(entries):
     raise ValueError(f"Passes {first}..{last} are outside 1..{len(entries)} of {passes_dir}.")
   feature_config = os.path.join(passes_dir, "feature_config.json")
+  _check_settings(root, template, passes_dir, warm_start)
   summaries = []
   for number in range(first, last + 1):
     entry = entries[number - 1]
@@ -97,9 +102,14 @@ def run_passes(template: training.TrainConfig, passes_dir: str, root: str,
     if warm_start and number > 1:
       previous = os.path.join(root, entries[number - 2]["name"])
       if not tf.io.gfile.exists(os.path.join(previous, SUMMARY_FILE)):
+        unfinished = next(
+            index for index in range(1, number)
+            if not tf.io.gfile.exists(os.path.join(
+                root, entries[index - 1]["name"], SUMMARY_FILE)))
         raise FileNotFoundError(
             f"Pass {entry['name']} warm-starts from {previous}, which has not finished. "
-            f"Train from pass {number - 1} or earlier.")
+            f"Start from pass {unfinished} ({entries[unfinished - 1]['name']}), the first "
+            "unfinished one, or train every pass alone (warm_start=False).")
     config = dataclasses.replace(
         template, model_dir=model_dir, feature_config=feature_config,
         train_files=pass_files(passes_dir, entry["name"], "train"),
@@ -115,6 +125,31 @@ def run_passes(template: training.TrainConfig, passes_dir: str, root: str,
     summaries.append(summary)
   write_report(root, [entry["name"] for entry in entries])
   return summaries
+
+
+def _check_settings(root: str, template: training.TrainConfig, passes_dir: str,
+                    warm_start: bool) -> None:
+  """Record the run's settings in `root`, or raise if earlier passes used others.
+
+  A rerun skips finished passes, so passes trained with other settings would
+  silently mix into the report.
+  """
+  settings = {name: value for name, value in dataclasses.asdict(template).items()
+              if name not in _PER_PASS_FIELDS}
+  settings.update(passes_dir=os.path.abspath(passes_dir), warm_start=warm_start)
+  path = os.path.join(root, SETTINGS_FILE)
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as handle:
+      saved = json.load(handle)
+    changed = {name: (saved.get(name), value) for name, value in settings.items()
+               if saved.get(name) != value}
+    if changed:
+      raise ValueError(
+          f"{root} contains passes trained with other settings: "
+          + "; ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items())
+          + ". Use another model_dir to compare settings.")
+    return
+  _write_json(path, settings)
 
 
 def summarize(entry: Mapping[str, Any], result: Mapping[str, Any],

@@ -155,6 +155,8 @@ class TrainConfig:
       raise ValueError(
           "warm_start_from is not supported under strategy 'parameter_server'; warm-start "
           "the pass under 'default' or a mirrored strategy.")
+    if self.warm_start_from is not None and not tf.io.gfile.isdir(self.warm_start_from):
+      raise ValueError(f"warm_start_from {self.warm_start_from!r} does not exist.")
     if self.warm_start_from is not None and not tf.io.gfile.exists(
         os.path.join(self.warm_start_from, "config.json")):
       raise ValueError(
@@ -339,6 +341,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     input_lib.validate_files(feature_config, files)
   admission = _admit(config, feature_config, paths, chief)
   feature_config = admission.config
+  config = _effective_config(config, admission.report)
   logging.info("Embedding tables:\n%s", admission_lib.format_report(admission.report))
   if chief:
     _write_json(os.path.join(config.model_dir, "config.json"),
@@ -362,7 +365,10 @@ def train(config: TrainConfig) -> Dict[str, Any]:
   state = saver.load_state()
   warm_start_stats = None
   if saver.latest_checkpoint:
-    checkpoint.restore(saver.latest_checkpoint)
+    status = checkpoint.restore(saver.latest_checkpoint)
+    if state["stopped"] or state["epoch"] >= config.epochs:
+      # No step runs, so the optimizer slots are never created to take their values.
+      status.expect_partial()
     logging.info("Resumed from %s after epoch %d", saver.latest_checkpoint, state["epoch"])
   elif config.warm_start_from is not None:
     path, warm_start_stats = write_warm_start(
@@ -542,6 +548,24 @@ def _admit(config: TrainConfig, feature_config: features_lib.FeatureConfig,
       feature_config, paths.train, config.model_dir if chief else None,
       window=config.admission_window, previous_dir=config.warm_start_from,
       test_files=paths.test)
+
+
+def _effective_config(config: TrainConfig, report: Mapping[str, Any]) -> TrainConfig:
+  """Return `config` with the admission settings that the run's vocabularies used.
+
+  A rerun of a `model_dir` keeps the vocabularies of its first attempt, so a changed
+  `admission_window` or `warm_start_from` has no effect; `config.json` records the
+  values in effect.
+  """
+  used = {"admission_window": report["window"], "warm_start_from": report["previous_dir"]}
+  ignored = {name: value for name, value in used.items() if getattr(config, name) != value}
+  if not ignored:
+    return config
+  logging.warning(
+      "%s already admitted its vocabularies with %s; the values given now (%s) are "
+      "ignored. Use a new model_dir to change them.", config.model_dir, used,
+      {name: getattr(config, name) for name in ignored})
+  return dataclasses.replace(config, **used)
 
 
 def check_warm_start_config(config: TrainConfig, previous: "TrainConfig") -> None:

@@ -85,6 +85,14 @@ class PassesTest(tf.test.TestCase):
     self.assertEqual(passes.run_passes(_template(), self.layout, root), summaries)
     self.assertEqual(os.path.getmtime(summary_path), modified)
 
+  def test_changed_settings_raise(self):
+    root = tempfile.mkdtemp(dir=self.get_temp_dir())
+    passes.run_passes(_template(), self.layout, root, last=1)
+    with self.assertRaisesRegex(ValueError, "admission_window 2 -> 3"):
+      passes.run_passes(_template(admission_window=3), self.layout, root)
+    with self.assertRaisesRegex(ValueError, "warm_start True -> False"):
+      passes.run_passes(_template(), self.layout, root, warm_start=False)
+
   def test_no_warm_start_trains_each_pass_alone(self):
     root = tempfile.mkdtemp(dir=self.get_temp_dir())
     summaries = passes.run_passes(_template(), self.layout, root, warm_start=False, first=2)
@@ -94,7 +102,8 @@ class PassesTest(tf.test.TestCase):
 
   def test_later_pass_needs_the_previous_one(self):
     root = tempfile.mkdtemp(dir=self.get_temp_dir())
-    with self.assertRaisesRegex(FileNotFoundError, "has not finished"):
+    with self.assertRaisesRegex(FileNotFoundError,
+                                r"has not finished\. Start from pass 1 \(pass_001\)"):
       passes.run_passes(_template(), self.layout, root, first=2)
 
   def test_invalid_pass_range_raises(self):
@@ -111,7 +120,7 @@ class PassesTest(tf.test.TestCase):
     completed = subprocess.run(command, cwd=_REPO_ROOT, capture_output=True, text=True,
                                timeout=300, check=False)
     self.assertNotEqual(completed.returncode, 0)
-    self.assertIn("--train come from the pass layout", completed.stderr)
+    self.assertIn("Remove --train: each pass takes its data", completed.stderr)
 
 
 if __name__ == "__main__":

@@ -242,8 +242,23 @@ class WarmStartTest(tf.test.TestCase):
   def test_missing_previous_run_raises(self):
     config = _config(self.second, tempfile.mkdtemp(dir=self.get_temp_dir()),
                      warm_start_from=os.path.join(self.root, "no_such_run"))
+    with self.assertRaisesRegex(ValueError, "no_such_run' does not exist"):
+      training.train(config)
+    config.warm_start_from = self.root
     with self.assertRaisesRegex(ValueError, "not the model_dir of a training run"):
       training.train(config)
+
+  def test_rerun_keeps_first_admission_settings(self):
+    model_dir = tempfile.mkdtemp(dir=self.get_temp_dir())
+    training.train(_config(self.second, model_dir, epochs=1, warm_start_from=self.first_dir))
+    with self.assertLogs(level="WARNING") as logs:
+      result = training.train(_config(self.second, model_dir, epochs=1, admission_window=3,
+                                      warm_start_from=None))
+    self.assertTrue(any("already admitted its vocabularies" in line for line in logs.output))
+    saved = json.load(open(os.path.join(model_dir, "config.json")))["train"]
+    self.assertEqual(saved["admission_window"], 1)
+    self.assertEqual(saved["warm_start_from"], self.first_dir)
+    self.assertEqual(result["admission"]["window"], 1)
 
 
 def _slot_name(slot):

@@ -26,7 +26,7 @@ flags.DEFINE_integer("first_pass", 1, "First pass to train, counted from 1.")
 flags.DEFINE_integer("last_pass", None, "Last pass to train; defaults to the last one.")
 flags.mark_flag_as_required("passes_dir")
 
-_LAYOUT_FLAGS = ("feature_config", "train", "valid", "test", "warm_start_from")
+_LAYOUT_FLAGS = ("dataset", "feature_config", "train", "valid", "test", "warm_start_from")
 
 
 def main(argv):
@@ -35,7 +35,9 @@ def main(argv):
   layout_flags_set = [name for name in _LAYOUT_FLAGS if FLAGS[name].present]
   if layout_flags_set:
     raise app.UsageError(
-        f"--{', --'.join(layout_flags_set)} come from the pass layout in --passes_dir; remove them.")
+        f"Remove --{', --'.join(layout_flags_set)}: each pass takes its data and feature "
+        "config from --passes_dir and warm-starts from the previous pass's directory. "
+        "Rebuild the layout to change its feature config.")
   template = train_flags.config_from_flags()
   passes.run_passes(template, FLAGS.passes_dir, FLAGS.model_dir,
                     warm_start=FLAGS.warm_start, first=FLAGS.first_pass,
