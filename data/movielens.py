@@ -589,7 +589,7 @@ def prepare(out_dir: str, cache_dir: Optional[str] = None, seed: int = DEFAULT_S
       raise ValueError(
           f"{out_dir} contains a dataset built with seed {existing_seed}, not {seed}. "
           "Pass force=True (--force) to rebuild it, or choose another out_dir.")
-    logging.info("All outputs exist in %s, so nothing is rebuilt (force=True rebuilds them).", out_dir)
+    logging.info("All outputs exist in %s, so nothing is rebuilt (--force or force=True rebuilds them).", out_dir)
     return out_dir
 
   start = time.time()
@@ -1004,8 +1004,8 @@ def prepare_passes(out_dir: str, cache_dir: Optional[str] = None,
   if not force:
     existing = _existing_passes(out_dir, settings, config)
     if existing is not None:
-      logging.info("All passes exist in %s, so nothing is rebuilt (force=True rebuilds "
-                   "them).", out_dir)
+      logging.info("All passes exist in %s, so nothing is rebuilt (--force or force=True "
+                   "rebuilds them).", out_dir)
       return existing
 
   start = time.time()
