@@ -93,12 +93,12 @@ def admit(counts: Mapping[Any, int], min_frequency: Optional[int] = None,
   """
   threshold = 1 if min_frequency is None else min_frequency
   excluded = set(unknown_values)
-  kept = [(count, value) for value, count in counts.items()
-          if count >= threshold and value not in excluded]
-  kept.sort(key=lambda item: (-item[0], item[1]))
+  admitted = [(count, value) for value, count in counts.items()
+              if count >= threshold and value not in excluded]
+  admitted.sort(key=lambda item: (-item[0], item[1]))
   if max_size is not None:
-    kept = kept[:max_size]
-  return [value for _, value in kept]
+    admitted = admitted[:max_size]
+  return [value for _, value in admitted]
 
 
 def oov_share(counts: Mapping[Any, int], vocabulary: Sequence[Any]) -> Optional[float]:
@@ -118,37 +118,37 @@ def sum_counts(passes: Sequence[Mapping[Any, int]]) -> Counts:
   return total
 
 
-def read_state(model_dir: str) -> Optional[Dict[str, Any]]:
-  """Return the admission state of a run directory, or None if it has none."""
-  path = os.path.join(model_dir, ADMISSION_DIR, STATE_FILE)
+def read_json(path: str) -> Any:
+  """Return the JSON content of `path`, or None if the file does not exist."""
   if not tf.io.gfile.exists(path):
     return None
   with tf.io.gfile.GFile(path) as handle:
     return json.load(handle)
 
 
-def read_report(model_dir: str) -> Optional[Dict[str, Any]]:
-  """Return the admission report of a run directory, or None if it has none."""
-  path = os.path.join(model_dir, ADMISSION_DIR, REPORT_FILE)
-  if not tf.io.gfile.exists(path):
-    return None
-  with tf.io.gfile.GFile(path) as handle:
-    return json.load(handle)
-
-
-def _read_pass_counts(path: str) -> Dict[str, Counts]:
-  with tf.io.gfile.GFile(path) as handle:
-    raw = json.load(handle)
-  return {name: dict(zip(entry["values"], entry["counts"])) for name, entry in raw.items()}
-
-
-def _write_json(path: str, payload: Any) -> None:
+def write_json(path: str, payload: Any, indent: Optional[int] = None) -> None:
   """Write `payload` under a temporary name and rename it, so no half file remains."""
   tf.io.gfile.makedirs(os.path.dirname(path))
   temporary = path + ".tmp"
   with tf.io.gfile.GFile(temporary, "w") as handle:
-    json.dump(payload, handle)
+    json.dump(payload, handle, indent=indent)
+    handle.write("\n")
   tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+def read_state(model_dir: str) -> Optional[Dict[str, Any]]:
+  """Return the admission state of a run directory, or None if it has none."""
+  return read_json(os.path.join(model_dir, ADMISSION_DIR, STATE_FILE))
+
+
+def read_report(model_dir: str) -> Optional[Dict[str, Any]]:
+  """Return the admission report of a run directory, or None if it has none."""
+  return read_json(os.path.join(model_dir, ADMISSION_DIR, REPORT_FILE))
+
+
+def _read_pass_counts(path: str) -> Dict[str, Counts]:
+  raw = read_json(path)
+  return {name: dict(zip(entry["values"], entry["counts"])) for name, entry in raw.items()}
 
 
 def _pass_file(number: int) -> str:
@@ -164,11 +164,11 @@ def _previous_window(previous_dir: Optional[str], window: int
   if state is None:
     # A run without admission state counts as one pass whose counts are unknown.
     return 1, []
-  kept = [number for number in state["window_passes"]
+  in_window = [number for number in state["window_passes"]
           if number > state["pass"] + 1 - window]
   counts_dir = os.path.join(previous_dir, ADMISSION_DIR, "counts")
   return state["pass"], [(number, _read_pass_counts(os.path.join(counts_dir, _pass_file(number))))
-                         for number in kept]
+                         for number in in_window]
 
 
 def previous_vocabularies(previous_dir: Optional[str]) -> Dict[str, Tuple[List[Any], int]]:
@@ -214,13 +214,15 @@ def admit_vocabularies(config: features_lib.FeatureConfig,
     test_files: files whose OOV share is reported as well; may be empty.
 
   Returns:
-    An `AdmissionResult`. Its report contains the pass number, the window's passes, the
-    size of every table, and for every vocabulary feature: `vocabulary_size`,
-    `num_oov_buckets`, `seen` (distinct values in this pass) and `seen_in_window`,
-    `admitted` (ids new to the vocabulary), `carried` (ids kept from the previous
-    pass), `evicted` (ids of the previous vocabulary dropped now), `evicted_unseen`
-    (those of them not seen at all within the window), and `oov_share_train` /
-    `oov_share_test`, the share of rows whose value hits an OOV bucket.
+    An `AdmissionResult`. Its report contains the pass number, the window's passes
+    and the size of every table. For every vocabulary feature it also contains:
+    - `vocabulary_size` and `num_oov_buckets`;
+    - `seen`, the distinct values in this pass, and `seen_in_window`;
+    - `admitted` (ids new to the vocabulary), `carried` (ids kept from the previous
+      pass) and `evicted` (ids of the previous vocabulary dropped now);
+    - `evicted_unseen`, the evicted ids not seen at all within the window;
+    - `oov_share_train` and `oov_share_test`, the share of rows whose value hits an
+      OOV bucket.
   """
   if not isinstance(window, int) or isinstance(window, bool) or window < 1:
     raise ValueError(f"The admission window must be an integer >= 1. Received: {window!r}")
@@ -299,14 +301,14 @@ def admit_vocabularies(config: features_lib.FeatureConfig,
   if model_dir is not None:
     admission_dir = os.path.join(model_dir, ADMISSION_DIR)
     for passed, counts in window_passes:
-      _write_json(os.path.join(admission_dir, "counts", _pass_file(passed)),
+      write_json(os.path.join(admission_dir, "counts", _pass_file(passed)),
                   {name: {"values": list(values), "counts": list(values.values())}
                    for name, values in counts.items()})
-    _write_json(os.path.join(admission_dir, STATE_FILE),
+    write_json(os.path.join(admission_dir, STATE_FILE),
                 {"pass": number, "window": window,
                  "window_passes": report["window_passes"]})
     # Written last: its presence marks the admission of this run as complete.
-    _write_json(os.path.join(admission_dir, REPORT_FILE), report)
+    write_json(os.path.join(admission_dir, REPORT_FILE), report)
   return AdmissionResult(resolved, report)
 
 

@@ -17,13 +17,13 @@ in its directory, so a rerun skips it and continues with the next.
 """
 
 import dataclasses
-import json
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from absl import logging
 import tensorflow as tf
 
+from pepnet_tf import admission as admission_lib
 from pepnet_tf import features as features_lib
 from pepnet_tf import training
 
@@ -40,12 +40,11 @@ _PER_PASS_FIELDS = ("model_dir", "feature_config", "train_files", "valid_files",
 def read_manifest(passes_dir: str) -> List[Dict[str, Any]]:
   """Return the pass entries of a pass layout, in training order."""
   path = os.path.join(passes_dir, MANIFEST)
-  if not tf.io.gfile.exists(path):
+  manifest = admission_lib.read_json(path)
+  if manifest is None:
     raise FileNotFoundError(
         f"{path} not found: {passes_dir!r} is not a pass layout. Build one with "
         "`python -m data.movielens passes --out=DIR`.")
-  with tf.io.gfile.GFile(path) as handle:
-    manifest = json.load(handle)
   entries = manifest.get("passes")
   if not entries:
     raise ValueError(f"{path} lists no passes.")
@@ -93,9 +92,9 @@ def run_passes(template: training.TrainConfig, passes_dir: str, root: str,
     entry = entries[number - 1]
     model_dir = os.path.join(root, entry["name"])
     summary_path = os.path.join(model_dir, SUMMARY_FILE)
-    if tf.io.gfile.exists(summary_path):
-      with tf.io.gfile.GFile(summary_path) as handle:
-        summaries.append(json.load(handle))
+    finished = admission_lib.read_json(summary_path)
+    if finished is not None:
+      summaries.append(finished)
       logging.info("Pass %s is done already (%s).", entry["name"], summary_path)
       continue
     previous = None
@@ -121,7 +120,7 @@ def run_passes(template: training.TrainConfig, passes_dir: str, root: str,
     result = training.train(config)
     summary = summarize(entry, result, features_lib.load(
         os.path.join(model_dir, "feature_config.json")))
-    _write_json(summary_path, summary)
+    admission_lib.write_json(summary_path, summary, indent=2)
     summaries.append(summary)
   write_report(root, [entry["name"] for entry in entries])
   return summaries
@@ -138,9 +137,8 @@ def _check_settings(root: str, template: training.TrainConfig, passes_dir: str,
               if name not in _PER_PASS_FIELDS}
   settings.update(passes_dir=os.path.abspath(passes_dir), warm_start=warm_start)
   path = os.path.join(root, SETTINGS_FILE)
-  if tf.io.gfile.exists(path):
-    with tf.io.gfile.GFile(path) as handle:
-      saved = json.load(handle)
+  saved = admission_lib.read_json(path)
+  if saved is not None:
     changed = {name: (saved.get(name), value) for name, value in settings.items()
                if saved.get(name) != value}
     if changed:
@@ -149,7 +147,7 @@ def _check_settings(root: str, template: training.TrainConfig, passes_dir: str,
           + "; ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items())
           + ". Use another model_dir to compare settings.")
     return
-  _write_json(path, settings)
+  admission_lib.write_json(path, settings, indent=2)
 
 
 def summarize(entry: Mapping[str, Any], result: Mapping[str, Any],
@@ -189,12 +187,12 @@ def write_report(root: str, names: Sequence[str]) -> Optional[str]:
   summaries = []
   for name in names:
     path = os.path.join(root, name, SUMMARY_FILE)
-    if tf.io.gfile.exists(path):
-      with tf.io.gfile.GFile(path) as handle:
-        summaries.append(json.load(handle))
+    summary = admission_lib.read_json(path)
+    if summary is not None:
+      summaries.append(summary)
   if not summaries:
     return None
-  _write_json(os.path.join(root, REPORT_JSON), summaries)
+  admission_lib.write_json(os.path.join(root, REPORT_JSON), summaries, indent=2)
   markdown_path = os.path.join(root, REPORT_MARKDOWN)
   with tf.io.gfile.GFile(markdown_path, "w") as handle:
     handle.write(format_markdown(summaries))
@@ -250,11 +248,3 @@ def _number(value: Optional[float]) -> str:
 
 def _percent(value: Optional[float]) -> str:
   return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def _write_json(path: str, payload: Any) -> None:
-  tf.io.gfile.makedirs(os.path.dirname(path))
-  with tf.io.gfile.GFile(path + ".tmp", "w") as handle:
-    json.dump(payload, handle, indent=2)
-    handle.write("\n")
-  tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
