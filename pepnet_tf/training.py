@@ -554,8 +554,8 @@ def _effective_config(config: TrainConfig, report: Mapping[str, Any]) -> TrainCo
   """Return `config` with the admission settings that the run's vocabularies used.
 
   A rerun of a `model_dir` keeps the vocabularies of its first attempt, so a changed
-  `admission_window` or `warm_start_from` has no effect; `config.json` records the
-  values in effect.
+  `admission_window` or `warm_start_from` has no effect. `config.json` then records
+  the values in effect.
   """
   used = {"admission_window": report["window"], "warm_start_from": report["previous_dir"]}
   ignored = {name: value for name, value in used.items() if getattr(config, name) != value}

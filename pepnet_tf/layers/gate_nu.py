@@ -146,7 +146,7 @@ class GateNU(tf.keras.layers.Layer):
 
 
 def _is_shape_pair(input_shape) -> bool:
-  """Whether `input_shape` contains the two shapes of `(inputs, stopped_inputs)`."""
+  """Return whether `input_shape` contains the two shapes of `(inputs, stopped_inputs)`."""
   return (isinstance(input_shape, (list, tuple)) and len(input_shape) == 2
           and all(isinstance(shape, (tf.TensorShape, list, tuple)) for shape in input_shape))
 
